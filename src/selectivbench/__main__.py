@@ -1,0 +1,5 @@
+import sys
+
+from selectivbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""RecNet: encoder -> n_layers x [mixer -> dropout -> residual -> post-LayerNorm] -> decoder (spec §10.1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from selectivbench.models.registry import count_parameters, get_mixer
+
+
+def get_num_heads(feat_size: int, max_head_size: int = 128) -> int:
+    """4 heads if feat/128 <= 4, else the smallest power of two >= 4 dividing feat with head size <= 128."""
+    if feat_size / max_head_size <= 4:
+        return 4
+    n = 4
+    while n <= feat_size:
+        if feat_size % n == 0 and feat_size // n <= max_head_size:
+            return n
+        n *= 2
+    raise ValueError(f"no power-of-two head count fits feat_size={feat_size}")
+
+
+class SkippedSize(ValueError):
+    """Raised when an architecture does not exist at a nominal feat_size (transformer @ 960)."""
+
+
+class RecNet(nn.Module):
+    def __init__(
+        self,
+        arch: str,
+        feat_size: int,
+        vocab: int,
+        num_classes: int,
+        n_layers: int = 8,
+        d_state: int | None = None,
+        dropout: float = 0.2,
+        chunk_size: int | None = None,
+    ):
+        super().__init__()
+        mixer_cls = get_mixer(arch)
+        width = mixer_cls.model_width(feat_size)
+        if width is None:
+            raise SkippedSize(f"architecture {arch!r} has no model at feat_size={feat_size} (skipped in the paper)")
+        n_head = get_num_heads(feat_size)  # from the nominal size, as the reference does
+        self.arch, self.feat_size, self.width, self.n_head = arch, feat_size, width, n_head
+        self.d_state = d_state if d_state is not None else mixer_cls.default_d_state
+        self.chunk_size = chunk_size if chunk_size is not None else mixer_cls.default_chunk_size
+        self.encoder = nn.Linear(vocab, width)
+        self.mixers = nn.ModuleList(
+            mixer_cls(d_model=width, n_head=n_head, d_state=self.d_state, chunk_size=self.chunk_size)
+            for _ in range(n_layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(n_layers))
+        self.dropout = nn.Dropout(dropout)
+        self.decoder = nn.Linear(width, num_classes)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch every mixer between its chunked kernel ("chunk") and the naive recurrence ("naive")."""
+        if mode not in ("chunk", "naive"):
+            raise ValueError(f"mode must be 'chunk' or 'naive', got {mode!r}")
+        for m in self.mixers:
+            m.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        for mixer, norm in zip(self.mixers, self.norms):
+            h = norm(h + self.dropout(mixer(h)))
+        return self.decoder(h)
+
+    def num_parameters(self) -> int:
+        return count_parameters(self)
+
+    def state_size_per_layer(self) -> int:
+        return self.mixers[0].state_size()
