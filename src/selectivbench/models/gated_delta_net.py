@@ -1,0 +1,236 @@
+"""Gated DeltaNet (fla ``GatedDeltaNet`` as the paper instantiates it; ARCHITECTURES.md §2.4, §3.4).
+
+Recurrence per head (decay first, then the delta correction):
+    S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ,   o_t = scale · S_tᵀ q_t.
+
+``chunk_gated_delta_rule`` is the chunkwise-parallel WY/UT form (training path); DeltaNet
+(g ≡ 0) and Gated DeltaProduct (interleaved sub-steps, queries every n_h-th step) reuse it.
+``naive_gated_delta_rule`` is the step-by-step reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selectivbench.models.layers import GatedRMSNorm, ShortConv, l2norm, pad_time
+from selectivbench.models.registry import Mixer, register
+
+INVERSE_METHODS = ("solve", "doubling")
+
+
+def unit_lower_inverse(A: torch.Tensor, method: str = "solve") -> torch.Tensor:
+    """(I + A)^{-1} for strictly lower-triangular A (..., C, C), in A's dtype (fp32 here).
+
+    "solve": batched triangular solve against I (fewest flops; the CPU default).
+    "doubling": (I + A)^{-1} = Π_k (I + (−A)^{2^k}), exact because A^C = 0 — only matmuls
+    (2·⌈log2 C⌉ batched C×C products), the tensor-core friendly choice on GPU.
+    """
+    C = A.shape[-1]
+    eye = torch.eye(C, dtype=A.dtype, device=A.device)
+    if method == "solve":
+        # unitriangular=True never reads the diagonal, so A itself stands for I + A
+        return torch.linalg.solve_triangular(A, eye.expand_as(A), upper=False, unitriangular=True)
+    if method == "doubling":
+        power = -A
+        inv = eye - A
+        for _ in range(max(math.ceil(math.log2(C)) - 1, 0)):
+            power = power @ power
+            inv = inv + inv @ power
+        return inv
+    raise ValueError(f"inverse method must be one of {INVERSE_METHODS}, got {method!r}")
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None,
+    beta: torch.Tensor,
+    chunk_size: int = 64,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    inverse: str = "solve",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked gated delta rule (§3.4). Returns (o, final_state).
+
+    q (B, H, Tq, K); k (B, H, T, K); v (B, H, T, V); g (B, H, T) log-decay ≤ 0 or None (no
+    decay); beta (B, H, T); initial_state (B, H, K, V) or None. q and k must already be
+    L2-normalised. With Tq = T / r the queries are read after every r-th step only (steps
+    r−1, 2r−1, …): r = n_h is Gated DeltaProduct on its interleaved sequence, r = 1 the usual
+    case. Matmul operands are in q's dtype; cumsums, Γ, A, its inverse and the state are fp32.
+    o has q's dtype, the final state is fp32 (float64 inputs: everything float64).
+    """
+    B, H, T, K = k.shape
+    V = v.shape[-1]
+    Tq = q.shape[2]
+    if Tq == 0 or T % Tq:
+        raise ValueError(f"k has {T} steps, q has {Tq}: q's length must divide k's")
+    r = T // Tq
+    C = chunk_size
+    if C <= 0 or C % r:
+        raise ValueError(f"chunk_size={C} must be a positive multiple of the query stride {r}")
+    if inverse not in INVERSE_METHODS:
+        raise ValueError(f"inverse method must be one of {INVERSE_METHODS}, got {inverse!r}")
+    scale = K**-0.5 if scale is None else scale
+    dt = q.dtype
+    ft = torch.promote_types(dt, torch.float32)  # "fp32" parts: fp32, or float64 for float64 inputs
+    N, BH, Cq = -(-T // C), B * H, C // r
+
+    # dtypes are managed by hand: autocast would put the fp32 inverse/state matmuls in bf16
+    with torch.autocast(q.device.type, enabled=False):
+        # identity padding (q = k = v = 0, β = 0, log-decay 0) to whole chunks, then (BH, N, C, ·)
+        q = pad_time(q.to(dt), Cq, dim=2).reshape(BH, N, Cq, K)
+        k = pad_time(k.to(dt), C, dim=2).reshape(BH, N, C, K)
+        v = pad_time(v.to(dt), C, dim=2).reshape(BH, N, C, V)
+        beta = pad_time(beta.to(ft), C, dim=2).reshape(BH, N, C)
+        if g is None:
+            b = beta.new_zeros(BH, N, C)
+        else:  # chunk-local inclusive cumulative log-decay (pitfall P3)
+            b = pad_time(g.to(ft), C, dim=2).reshape(BH, N, C).cumsum(-1)
+
+        # Γ_ij = exp(b_i − b_j) for i ≥ j, else 0: mask the exponent before exp (pitfall P1)
+        causal = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
+        gamma = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf).exp()
+
+        # UT transform: A_ij = β_i (k_i·k_j) Γ_ij for i > j; W = T·diag(β e^b) K, U = T·diag(β) V
+        A = ((k @ k.transpose(-1, -2)).to(ft) * gamma * beta[..., :, None]).tril(-1)
+        Tinv = unit_lower_inverse(A, inverse).to(dt)
+        W = Tinv @ (k * (beta * b.exp())[..., None]).to(dt)
+        U = Tinv @ (v * beta[..., None]).to(dt)
+
+        # chunk transition S_{n+1} = M_n S_n + X_n with M_n = e^{b_C} I − K̃ᵀW, X_n = K̃ᵀU,
+        # K̃ = diag(e^{b_C − b}) K: all chunks at once, leaving one baddbmm per serial step
+        b_last = b[..., -1:]
+        k_decayed_t = (k * (b_last - b).exp()[..., None]).to(dt).transpose(-1, -2)
+        M = b_last.exp()[..., None] * torch.eye(K, dtype=ft, device=k.device) - (k_decayed_t @ W).to(ft)
+        X = (k_decayed_t @ U).to(ft)
+
+        S = q.new_zeros(BH, K, V, dtype=ft) if initial_state is None else initial_state.to(ft).reshape(BH, K, V)
+        states = []
+        # unbind, not X[:, n]: the backward of indexing would write a full-size zero tensor per step
+        for M_n, X_n in zip(M.unbind(1), X.unbind(1)):
+            states.append(S)
+            S = torch.baddbmm(X_n, M_n, S)
+        S_in = torch.stack(states, dim=1).to(dt).flatten(0, 1)  # state entering each chunk (BH·N, K, V)
+
+        # new values Ṽ = U − W S_n;  o = scale · [ diag(e^b) Q S_n + (Q Kᵀ ⊙ Γ) Ṽ ] (fused baddbmm)
+        V_new = torch.baddbmm(U.flatten(0, 1), W.flatten(0, 1), S_in, alpha=-1)
+        rows = slice(r - 1, None, r)  # the query sub-steps
+        scores = ((q @ k.transpose(-1, -2)).to(ft) * gamma[..., rows, :]).to(dt).flatten(0, 1)
+        inter = (q * b[..., rows].exp()[..., None]).to(dt).flatten(0, 1) @ S_in
+        o = torch.baddbmm(inter, scores, V_new, beta=scale, alpha=scale)
+        o = o.reshape(B, H, N * Cq, V)[:, :, :Tq]
+    return o, S.reshape(B, H, K, V)
+
+
+def naive_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step-by-step gated delta rule: S ← e^{g_t} S; S ← S + β_t k_t (v_t − Sᵀk_t)ᵀ; o_t = scale Sᵀq_t.
+
+    Shapes as ``chunk_gated_delta_rule`` with Tq = T. Computes in float64 for float64 inputs, else
+    fp32; o has q's dtype, the final state the compute dtype.
+    """
+    K = q.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    dtype, ct = q.dtype, torch.promote_types(q.dtype, torch.float32)
+    q, k, v, g, beta = (x.to(ct) for x in (q, k, v, g, beta))
+    B, H, T, _ = k.shape
+    S = k.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(ct)
+    outs = []
+    for t in range(T):
+        S = S * g[:, :, t].exp()[..., None, None]
+        k_t = k[:, :, t]
+        error = v[:, :, t] - torch.einsum("bhkv,bhk->bhv", S, k_t)
+        S = S + beta[:, :, t, None, None] * k_t[..., :, None] * error[..., None, :]
+        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q[:, :, t]))
+    o = torch.stack(outs, dim=2) if outs else v.new_zeros(B, H, 0, v.shape[-1])
+    return o.to(dtype), S
+
+
+def init_decay_parameters(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """fla's A_log and dt_bias init (Mamba-2 style): A ~ U(0, 16); dt log-uniform in [1e-3, 1e-1]."""
+    A = torch.empty(num_heads, dtype=torch.float32).uniform_(0, 16)
+    A_log = nn.Parameter(torch.log(A))
+    dt_min, dt_max, dt_init_floor = 0.001, 0.1, 1e-4
+    dt = torch.exp(torch.rand(num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = torch.clamp(dt, min=dt_init_floor)
+    dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    A_log._no_weight_decay = True
+    dt_bias._no_weight_decay = True
+    return A_log, dt_bias
+
+
+def fp32_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """A (small) gate projection computed in fp32 even under autocast (pitfall P2)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), layer.weight.float())
+
+
+def log_decay(x: torch.Tensor, a_proj: nn.Linear, A_log: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
+    """Per-head log-decay a_t = −exp(A_log) · softplus(W_a x_t + dt_bias), fp32, (B, T, H)."""
+    return -A_log.float().exp() * F.softplus(fp32_linear(x, a_proj) + dt_bias.float())
+
+
+def check_mode(mode: str) -> None:
+    if mode not in ("chunk", "naive"):
+        raise ValueError(f"mixer mode must be 'chunk' or 'naive', got {mode!r}")
+
+
+@register("gated_delta_net")
+class GatedDeltaNet(Mixer):
+    """fla GatedDeltaNet(hidden_size=d, head_dim=d/H, num_heads=H, use_short_conv=True, expand_v=2, conv_size=4)."""
+
+    summary = "Gated DeltaNet: delta rule with per-head data-dependent decay, β ∈ (0,1), gated RMSNorm output"
+    default_chunk_size = 64
+
+    def __init__(self, d_model: int, n_head: int, d_state: int | None = None, chunk_size: int | None = None,
+                 expand_v: int = 2, conv_size: int = 4, norm_eps: float = 1e-5):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
+        self.n_head, self.head_k_dim, self.head_v_dim = n_head, d_model // n_head, expand_v * (d_model // n_head)
+        self.chunk_size = chunk_size or self.default_chunk_size
+        key_dim, value_dim = d_model, n_head * self.head_v_dim
+        # creation order as in fla, so the same seed draws the same initial weights
+        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
+        self.a_proj = nn.Linear(d_model, n_head, bias=False)
+        self.b_proj = nn.Linear(d_model, n_head, bias=False)
+        self.A_log, self.dt_bias = init_decay_parameters(n_head)
+        self.q_conv1d = ShortConv(key_dim, conv_size)
+        self.k_conv1d = ShortConv(key_dim, conv_size)
+        self.v_conv1d = ShortConv(value_dim, conv_size)
+        self.g_proj = nn.Linear(d_model, value_dim, bias=False)
+        self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(value_dim, d_model, bias=False)
+
+    def state_size(self) -> int:
+        return self.n_head * self.head_k_dim * self.head_v_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_mode(self.mode)
+        B, T, _ = x.shape
+        H, K, V = self.n_head, self.head_k_dim, self.head_v_dim
+        q = l2norm(self.q_conv1d(self.q_proj(x)).view(B, T, H, K)).transpose(1, 2)
+        k = l2norm(self.k_conv1d(self.k_proj(x)).view(B, T, H, K)).transpose(1, 2)
+        v = self.v_conv1d(self.v_proj(x)).view(B, T, H, V).transpose(1, 2)
+        beta = fp32_linear(x, self.b_proj).sigmoid().transpose(1, 2)
+        g = log_decay(x, self.a_proj, self.A_log, self.dt_bias).transpose(1, 2)
+        if self.mode == "chunk":
+            o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size)
+        else:
+            o, _ = naive_gated_delta_rule(q, k, v, g, beta)
+        o = self.o_norm(o.transpose(1, 2), self.g_proj(x).view(B, T, H, V))
+        return self.o_proj(o.reshape(B, T, H * V))

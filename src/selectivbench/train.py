@@ -1,0 +1,503 @@
+"""`selectivbench train`: one run of one task / architecture / size / lr / warmup / seed (spec §11).
+
+    selectivbench train --dataset DIR --out RUN_DIR [--config YAML] [--set key=value ...]
+
+RUN_DIR receives config.yaml (resolved config + hash), evals.csv (one row per evaluation),
+checkpoint.pt (model, optimizer, RNG states, data position), train.log, and metrics.json once the
+run has ended (completed or diverged).
+
+Faithful to §11: Adam (0.9/0.999, eps 1e-8, wd 0); lr factor u/warmup for update u < warmup (the
+first update uses lr 0), then cosine to 0 at dataset_size // batch_size updates; grad-norm clip
+1.0; one pass in index order; a test evaluation every 78 updates, the last one is the headline;
+dropout off after the first evaluation (§15.3, `dropout_quirk`). Deviation: with gradient
+accumulation the micro-batch losses are *averaged* (the reference sums them, §15.9), so the clip
+threshold means the same whatever the micro-batch.
+
+Never loses a result: SIGTERM/SIGINT/SIGUSR1 make the run finish its update, write a checkpoint
+and exit 75; the same command resumes it, bit-identically on CPU. A NaN/Inf loss or gradient
+norm ends the run as `diverged` (exit 0, metrics written) so that a sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fcntl
+import io
+import json
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selectivbench import config as C
+from selectivbench import runio
+from selectivbench.evaluate import prefetched, run_test
+from selectivbench.inputs import make_batch
+from selectivbench.metrics import element_accuracy, masked_cross_entropy
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 75
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+CHECKPOINT_FORMAT = 1
+EVAL_COLUMNS = ["eval", "update", "samples", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"]
+
+log = logging.getLogger("selectivbench.train")
+
+
+def lr_factor(update: int, warmup: int, total: int) -> float:
+    """LambdaLR factor of §11 for 0-based update `update`: linear warm-up, then cosine to 0."""
+    if update < warmup:
+        return update / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (update - warmup) / max(1, total - warmup)))
+
+
+@dataclass
+class Progress:
+    """Everything that changes during a run and must survive a resume."""
+
+    update: int = 0  # optimizer updates done = data position / batch_size
+    micro_batch: int = 0
+    evals: list = field(default_factory=list)  # rows of evals.csv
+    window_loss: float = 0.0  # sums over the updates since the last evaluation
+    window_acc: float = 0.0
+    window_n: int = 0
+    last_lr: float = 0.0
+    train_steps: int = 0  # valid (non-padding) time steps trained on
+    train_s: float = 0.0  # time in training updates (evaluations and checkpoints excluded)
+    wall_s: float = 0.0  # whole run, summed over sessions
+    sessions: int = 0
+
+
+class StopFlag:
+    """SIGTERM (SLURM preemption), SIGINT (Ctrl-C) or SIGUSR1 ask the loop to checkpoint and exit.
+
+    A second SIGINT interrupts at once (KeyboardInterrupt); nothing is lost but the current update.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopFlag":
+        try:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: signals stay with whoever owns them
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_update(model, optimizer, batches, n_micro: int, lr: float, grad_clip: float, device, dtype) -> dict:
+    """One optimizer update over `n_micro` micro-batches drawn from the iterator `batches`.
+
+    The loss of each micro-batch is its masked mean CE; the gradient is their average. The update
+    is skipped (finite=False) when a loss or the gradient norm is NaN/Inf. One host sync per update.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses, steps = [], 0
+    for _ in range(n_micro):
+        batch = next(batches)
+        steps += int(batch.mask.sum())  # counted on the host copy: no sync
+        batch = batch.to(device, non_blocking=True)
+        with runio.autocast(device, dtype):
+            logits = model(batch.data)
+        loss = masked_cross_entropy(logits, batch.labels, batch.mask)
+        (loss / n_micro).backward()
+        losses.append(loss.detach())
+    acc = element_accuracy(logits.detach(), batch.labels, batch.element)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    values = torch.stack([*losses, acc, grad_norm.float()]).tolist()
+    finite = all(math.isfinite(v) for v in values)
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    bad_loss = not all(math.isfinite(v) for v in values[:n_micro])
+    return {
+        "loss": sum(values[:n_micro]) / n_micro, "acc": values[-2], "grad_norm": values[-1], "steps": steps,
+        "finite": finite, "diverged_on": None if finite else ("loss" if bad_loss else "grad_norm"),
+    }
+
+
+def probe_micro_batch(model, batch_size: int, max_len: int, vocab: int, device, dtype) -> int:
+    """Largest divisor of batch_size whose forward+backward at the longest sequence fits (CUDA).
+
+    Adam's two moments do not exist yet: an equal amount of memory is held during the probe. The
+    dropout RNG is restored afterwards, so probing does not change the run.
+    """
+    rng = torch.cuda.get_rng_state(device)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    micro = batch_size
+    try:
+        while True:
+            try:
+                reserve = torch.empty(2 * param_bytes, dtype=torch.uint8, device=device)
+                x = torch.zeros(micro, max_len, vocab, device=device)
+                labels = torch.zeros(micro, max_len, dtype=torch.long, device=device)
+                mask = torch.ones(micro, max_len, device=device)
+                with runio.autocast(device, dtype):
+                    logits = model(x)
+                element = torch.arange(max_len, device=device).mul(200).div(max_len, rounding_mode="floor").expand(micro, -1)
+                element_accuracy(logits.detach(), labels, element)
+                masked_cross_entropy(logits, labels, mask).backward()
+                torch.cuda.synchronize(device)
+                return micro
+            except RuntimeError as err:
+                if not runio.is_oom(err) or micro == 1:
+                    raise
+                micro = max(d for d in range(1, micro) if batch_size % d == 0 and d <= micro // 2) if micro > 1 else 1
+            finally:
+                reserve = x = labels = mask = logits = element = None
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+    finally:
+        torch.cuda.set_rng_state(rng, device)
+
+
+class Run:
+    """One training run in one run directory."""
+
+    def __init__(self, cfg: C.RunConfig, dataset_dir: str | Path, out_dir: str | Path):
+        self.cfg, self.dataset_dir, self.out = cfg, Path(dataset_dir), Path(out_dir)
+        runio.check_arch(cfg)
+        self.dataset = runio.open_dataset(self.dataset_dir)
+        self.identity = runio.dataset_identity(self.dataset, self.dataset_dir)
+        n_train, n_test = len(self.dataset.train), len(self.dataset.test)
+        self.dataset_size = cfg.dataset_size or n_train
+        if self.dataset_size > n_train:
+            raise C.ConfigError(f"config key 'dataset_size' ({self.dataset_size}) exceeds the dataset's {n_train} training samples")
+        self.total_updates = self.dataset_size // cfg.batch_size  # length of the schedule (3125)
+        if self.total_updates < 1:
+            raise C.ConfigError(f"config key 'dataset_size' ({self.dataset_size}) is smaller than batch_size ({cfg.batch_size})")
+        self.stop_at = min(self.total_updates, cfg.max_updates or self.total_updates)
+        self.n_test = cfg.test_size or n_test
+        if self.n_test > n_test:
+            raise C.ConfigError(f"config key 'test_size' ({self.n_test}) exceeds the dataset's {n_test} test samples")
+        self.spec = cfg.input_spec()
+        self.device = runio.pick_device(cfg)
+        self.dtype = runio.pick_dtype(cfg, self.device)
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        self.saved_at: int | None = None  # update of the checkpoint on disk written by this session
+
+    # --- run directory ---------------------------------------------------------------------
+
+    def previous_result(self) -> dict | None:
+        """metrics.json of a finished run with this config (None if none); another config is refused."""
+        path = self.out / "metrics.json"
+        if not path.is_file():
+            return None
+        metrics = json.loads(path.read_text())
+        stored = C.load_yaml(self.out / "config.yaml") if (self.out / "config.yaml").is_file() else {}
+        diff = C.differing_keys(stored, self.cfg)
+        if diff:
+            raise C.ConfigError(f"{self.out} holds a finished run of another config; differing keys: {'; '.join(diff)}")
+        return metrics
+
+    def load_checkpoint(self) -> dict | None:
+        if not self.checkpoint_path.is_file():
+            return None
+        ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        diff = C.differing_keys(ckpt["config"], self.cfg)
+        if diff:
+            raise C.ConfigError(
+                f"checkpoint {self.checkpoint_path} was written for another config; differing keys: {'; '.join(diff)} "
+                "(use another --out, or delete the run directory to start over)"
+            )
+        mismatch = runio.identity_mismatch(ckpt["dataset"], self.identity)
+        if mismatch:
+            raise C.ConfigError(f"checkpoint {self.checkpoint_path} was written for another dataset: {'; '.join(mismatch)}")
+        if ckpt.get("optimizer") is None:
+            raise C.ConfigError(f"checkpoint {self.checkpoint_path} holds weights only (final_checkpoint=model) and cannot be resumed")
+        return ckpt
+
+    def save_checkpoint(self, model, optimizer, progress: Progress, full: bool = True) -> None:
+        runio.atomic_torch_save(self.checkpoint_path, {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "config_hash": self.cfg.hash(),
+            "dataset": self.identity,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if full else None,
+            "model_training": model.training,
+            "progress": asdict(progress),
+            "rng": rng_state(),
+        })
+        self.saved_at = progress.update
+        log.info("checkpoint written at update %d", progress.update)
+
+    def write_evals(self, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=EVAL_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        runio.atomic_write_text(self.out / "evals.csv", buf.getvalue())
+
+    # --- training ----------------------------------------------------------------------------
+
+    def train_batches(self, first_update: int, micro: int):
+        """Micro-batches from update `first_update` on, in index order (no shuffling, §11)."""
+        train, grammar, spec, cfg, cuda = self.dataset.train, self.dataset.grammar, self.spec, self.cfg, self.device.type == "cuda"
+
+        def make(start):
+            batch = make_batch(train[start : start + micro], np.arange(start, start + micro), grammar, spec, "train", cfg.seed, 0)
+            return batch.pin_memory() if cuda else batch
+
+        starts = range(first_update * cfg.batch_size, self.stop_at * cfg.batch_size, micro)
+        return prefetched(make, starts)
+
+    def evaluate(self, model, progress: Progress) -> dict:
+        cfg = self.cfg
+        result = run_test(
+            model, self.dataset.test[: self.n_test], self.dataset.grammar, self.spec, cfg.seed,
+            len(progress.evals), cfg.test_bs, self.device, self.dtype,
+        )
+        if not cfg.dropout_quirk:
+            model.train()
+        else:
+            model.eval()  # §15.3: the reference never switches back to train mode
+        n = max(1, progress.window_n)
+        row = {
+            "eval": len(progress.evals) + 1, "update": progress.update, "samples": progress.update * cfg.batch_size,
+            "lr": progress.last_lr, "train_loss": progress.window_loss / n, "train_acc": progress.window_acc / n,
+            "test_loss": result["test_loss"], "test_acc": result["test_acc"], "wall_s": round(progress.wall_s, 3),
+        }
+        progress.evals.append(row)
+        progress.window_loss = progress.window_acc = 0.0
+        progress.window_n = 0
+        log.info(
+            "eval %d | update %d | samples %d | lr %.3g | train loss %.4f acc %.4f | test loss %.4f acc %.4f",
+            row["eval"], row["update"], row["samples"], row["lr"], row["train_loss"], row["train_acc"],
+            row["test_loss"], row["test_acc"],
+        )
+        self.write_evals(progress.evals)
+        return row
+
+    def metrics(self, model, progress: Progress, status: str, diverged: dict | None) -> dict:
+        evals = progress.evals
+        final = evals[-1] if evals else {}
+        best = max(evals, key=lambda r: r["test_acc"]) if evals else {}
+        try:
+            state = model.state_size_per_layer()
+        except NotImplementedError:
+            state = None
+        return {
+            "status": status,
+            "final_test_acc": final.get("test_acc"), "final_test_loss": final.get("test_loss"),
+            "final_eval_update": final.get("update"),
+            "best_test_acc": best.get("test_acc"), "best_test_acc_update": best.get("update"),
+            "best_test_loss": min((r["test_loss"] for r in evals), default=None),
+            "evaluations": len(evals), "updates": progress.update, "samples": progress.update * self.cfg.batch_size,
+            "total_updates": self.total_updates,
+            "diverged_at_update": diverged and diverged["update"], "diverged_on": diverged and diverged["on"],
+            "num_parameters": model.num_parameters(), "width": model.width, "n_head": model.n_head,
+            "state_size_per_layer": state, "state_size": state * self.cfg.layers if state is not None else None,
+            "micro_batch": progress.micro_batch, "grad_accum": self.cfg.batch_size // progress.micro_batch,
+            "wall_s": progress.wall_s, "train_s": progress.train_s,
+            "updates_per_s": progress.update / progress.train_s if progress.train_s else None,
+            "tokens_per_s": progress.train_steps / progress.train_s if progress.train_s else None,
+            "device": runio.describe_device(self.device), "precision": str(self.dtype).replace("torch.", ""),
+            "peak_memory_bytes": runio.peak_memory_bytes(self.device), "sessions": progress.sessions,
+            "config_hash": self.cfg.hash(), "dataset": self.identity,
+        }
+
+    def run(self, stop: StopFlag) -> str:
+        """Train (or resume) to the end; returns completed, diverged, interrupted or finished-before."""
+        cfg = self.cfg
+        previous = self.previous_result()
+        if previous is not None:
+            log.info("%s already finished (%s); nothing to do", self.out, previous.get("status"))
+            return "finished-before"
+        ckpt = self.load_checkpoint()
+        runio.atomic_write_text(self.out / "config.yaml", C.to_yaml(cfg, {"dataset": self.identity}))
+        if self.dataset.grammar.seed != cfg.seed:
+            log.warning("run seed %d differs from the grammar seed %d (the reference ties them, §4)", cfg.seed, self.dataset.grammar.seed)
+
+        seed_everything(cfg.seed)
+        model = runio.build_model(cfg, self.dataset.grammar).to(self.device)
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0, fused=fused or None)
+        if ckpt is None:
+            progress = Progress()
+            model.train()
+            progress.micro_batch = cfg.micro_batch or self.auto_micro_batch(model)
+        else:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            progress = Progress(**ckpt["progress"])
+            model.train(ckpt["model_training"])
+            restore_rng(ckpt["rng"])
+            log.info("resuming at update %d (%d evaluations done)", progress.update, len(progress.evals))
+            del ckpt
+        progress.sessions += 1
+        self.write_evals(progress.evals)
+        n_micro = cfg.batch_size // progress.micro_batch
+        log.info(
+            "%s %s feat %d: %d parameters | %d updates (schedule %d) | micro-batch %d x %d | %s %s",
+            cfg.task, cfg.arch, cfg.feat_size, model.num_parameters(), self.stop_at, self.total_updates,
+            progress.micro_batch, n_micro, runio.describe_device(self.device), str(self.dtype).replace("torch.", ""),
+        )
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        session_start, wall_before = time.perf_counter(), progress.wall_s
+        show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=self.stop_at * cfg.batch_size, initial=progress.update * cfg.batch_size, unit="sample",
+            disable=not show, dynamic_ncols=True, file=sys.stderr,
+        )
+        batches = self.train_batches(progress.update, progress.micro_batch)
+        status, diverged = "completed", None
+        try:
+            while progress.update < self.stop_at:
+                lr = cfg.lr * lr_factor(progress.update, cfg.warmup, self.total_updates)
+                t0 = time.perf_counter()
+                out = train_update(model, optimizer, batches, n_micro, lr, cfg.grad_clip, self.device, self.dtype)
+                if not out["finite"]:
+                    status, diverged = "diverged", {"update": progress.update + 1, "on": out["diverged_on"]}
+                    log.warning("non-finite %s at update %d: run diverged", out["diverged_on"], progress.update + 1)
+                    break
+                progress.train_s += time.perf_counter() - t0
+                progress.update += 1
+                progress.last_lr = lr
+                progress.train_steps += out["steps"]
+                progress.window_loss += out["loss"]
+                progress.window_acc += out["acc"]
+                progress.window_n += 1
+                progress.wall_s = wall_before + time.perf_counter() - session_start
+                bar.update(cfg.batch_size)
+                bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['acc']:.3f}", refresh=False)
+
+                evaluated = progress.update % cfg.eval_every == 0
+                if evaluated:
+                    self.evaluate(model, progress)
+                if evaluated or (cfg.checkpoint_every and progress.update % cfg.checkpoint_every == 0) or stop:
+                    progress.wall_s = wall_before + time.perf_counter() - session_start
+                    self.save_checkpoint(model, optimizer, progress)
+                if stop and progress.update < self.stop_at:
+                    log.warning("signal %d: stopped at update %d; run the same command again to resume", stop.signum, progress.update)
+                    return "interrupted"
+        finally:
+            batches.close()
+            bar.close()
+
+        if status == "completed" and not progress.evals:
+            log.info("no evaluation was due (%d updates < eval_every %d): evaluating the final model", progress.update, cfg.eval_every)
+            self.evaluate(model, progress)
+        progress.wall_s = wall_before + time.perf_counter() - session_start
+        if status == "completed" and (cfg.final_checkpoint == "model" or self.saved_at != progress.update):
+            self.save_checkpoint(model, optimizer, progress, full=cfg.final_checkpoint == "full")
+        metrics = self.metrics(model, progress, status, diverged)
+        runio.atomic_write_json(self.out / "metrics.json", metrics)
+        log.info(
+            "%s: final test acc %s (best %s) after %d updates, %.1f s",
+            status, metrics["final_test_acc"], metrics["best_test_acc"], progress.update, progress.wall_s,
+        )
+        return status
+
+    def auto_micro_batch(self, model) -> int:
+        if self.device.type != "cuda":
+            return self.cfg.batch_size
+        max_len = self.spec.max_length("train")
+        micro = probe_micro_batch(model, self.cfg.batch_size, max_len, self.dataset.grammar.vocab, self.device, self.dtype)
+        log.info("auto micro-batch: %d (probed at length %d)", micro, max_len)
+        return micro
+
+
+def train(cfg: C.RunConfig, dataset_dir: str | Path, out_dir: str | Path) -> str:
+    """Run (or resume) one training run; logs to RUN_DIR/train.log and stderr. Returns the status."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise C.ConfigError(f"another process is training in {out} (it holds {out / '.lock'})") from None
+    for tmp in out.glob("*.tmp"):  # left by a kill during an atomic write
+        tmp.unlink()
+    handlers = [logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stderr)]
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        with StopFlag() as stop:
+            return Run(cfg, dataset_dir, out).run(stop)
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        lock.close()  # releases the flock
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="selectivbench train", description=__doc__, epilog=C.describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, help="dataset directory of `selectivbench dataset`")
+    p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
+    p.add_argument("--config", help="YAML file of config keys (a run's config.yaml works too)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = C.load_yaml(args.config) if args.config else {}
+        overrides.update(C.parse_sets(args.set))
+        cfg = C.resolve(overrides)
+        status = train(cfg, args.dataset, args.out)
+    except C.ConfigError as err:
+        print(f"selectivbench train: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_INTERRUPTED if status == "interrupted" else EXIT_OK
