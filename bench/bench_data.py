@@ -45,10 +45,13 @@ def cpu_model() -> str:
 
 
 def nproc() -> str:
+    """`nproc` (without OMP_NUM_THREADS, which GNU nproc obeys) and the cores this process may use."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
     try:
-        return subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+        n = subprocess.run(["nproc"], capture_output=True, text=True, check=True, env=env).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return str(os.cpu_count())
+        n = str(os.cpu_count())
+    return f"{n} (usable by this process: {default_workers()})"
 
 
 def peak_rss_mib() -> tuple[float, float]:
@@ -65,8 +68,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--check", type=int, default=200, help="samples compared with the reference sampler")
     p.add_argument("--results", default=str(ROOT / "bench" / "results" / "data.md"))
+    p.add_argument("--launcher", default="", help="how the script was launched (e.g. 'taskset -c 0,1'), for the record")
     args = p.parse_args()
-    command = "python bench/bench_data.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = " ".join(x for x in [args.launcher, "python bench/bench_data.py", *map(shlex.quote, sys.argv[1:])] if x)
 
     load_before = os.getloadavg()
     cpu0 = os.times()

@@ -39,8 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="results file (default bench/results/kernels_<device>.md)")
     p.add_argument("--skip-naive", action="store_true", help="time only the chunked kernel")
+    p.add_argument("--chunk-sizes", default=None,
+                   help="comma-separated chunk sizes to sweep (chunked kernel only; default: each arch's default)")
     args = p.parse_args(argv)
     args.T = [int(t) for t in args.T.split(",")]
+    args.chunk_sizes = [int(c) for c in args.chunk_sizes.split(",")] if args.chunk_sizes else [None]
     if args.device not in ("cpu", "cuda"):
         p.error(f"--device must be cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -115,21 +118,22 @@ def time_layer(layer, x, dy, device: str, repeats: int, warmup: int):
     return statistics.median(times), mem
 
 
-def bench_arch(arch: str, T: int, args) -> dict:
+def bench_arch(arch: str, T: int, args, chunk_size: int | None = None, time_naive: bool = True) -> dict:
     cls = get_mixer(arch)
     width = cls.model_width(args.d)
     if width is None:
         return {"arch": arch, "T": T, "note": f"no model at d={args.d}"}
     torch.manual_seed(0)
+    chunk_size = chunk_size or cls.default_chunk_size
     layer = cls(d_model=width, n_head=get_num_heads(args.d), d_state=cls.default_d_state,
-                chunk_size=cls.default_chunk_size).to(args.device)
+                chunk_size=chunk_size).to(args.device)
     layer.eval()  # no dropout: both paths compute the same function
     x = torch.randn(args.batch, T, width, device=args.device, requires_grad=True)
     dy = torch.randn(args.batch, T, width, device=args.device)
-    row = {"arch": arch, "T": T, "width": width}
+    row = {"arch": arch, "T": T, "C": chunk_size}
     layer.mode = "chunk"
     row["chunk_ms"], row["chunk_mem"] = time_layer(layer, x, dy, args.device, args.repeats, warmup=2)
-    if not args.skip_naive:
+    if time_naive:
         layer.mode = "naive"
         # warm the naive path on a short prefix: its full length costs seconds on CPU
         short = min(T, 16)
@@ -141,17 +145,17 @@ def bench_arch(arch: str, T: int, args) -> dict:
 
 def format_table(rows, device: str) -> str:
     mem = "peak alloc MB" if device == "cuda" else "saved MB"
-    lines = [f"| arch | T | chunk ms | naive ms | speedup | chunk {mem} | naive {mem} |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| arch | T | chunk C | chunk ms | naive ms | speedup | chunk {mem} | naive {mem} |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "note" in r:
-            lines.append(f"| {r['arch']} | {r['T']} | {r['note']} | | | | |")
+            lines.append(f"| {r['arch']} | {r['T']} | | {r['note']} | | | | |")
             continue
         naive = r.get("naive_ms")
         mb = lambda b: f"{b / 2**20:.0f}"
-        cells = [r["arch"], r["T"], f"{r['chunk_ms']:.1f}", "-", "-", mb(r["chunk_mem"]), "-"]
+        cells = [r["arch"], r["T"], r["C"], f"{r['chunk_ms']:.1f}", "-", "-", mb(r["chunk_mem"]), "-"]
         if naive is not None:
-            cells[3], cells[4], cells[6] = f"{naive:.1f}", f"{naive / r['chunk_ms']:.1f}x", mb(r["naive_mem"])
+            cells[4], cells[5], cells[7] = f"{naive:.1f}", f"{naive / r['chunk_ms']:.1f}x", mb(r["naive_mem"])
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -165,12 +169,13 @@ def main(argv=None) -> int:
     rows, failed = [], False
     for arch in args.archs:
         for T in args.T:
-            try:
-                row = bench_arch(arch, T, args)
-            except Exception as exc:  # one broken mixer must not hide the others' numbers
-                row, failed = {"arch": arch, "T": T, "note": f"error: {type(exc).__name__}: {exc}"}, True
-            rows.append(row)
-            print(format_table([row], args.device).splitlines()[-1], flush=True)
+            for i, chunk_size in enumerate(args.chunk_sizes):
+                try:  # a chunk-size sweep times the naive loop once
+                    row = bench_arch(arch, T, args, chunk_size, time_naive=not args.skip_naive and i == 0)
+                except Exception as exc:  # one broken mixer must not hide the others' numbers
+                    row, failed = {"arch": arch, "T": T, "note": f"error: {type(exc).__name__}: {exc}"}, True
+                rows.append(row)
+                print(format_table([row], args.device).splitlines()[-1], flush=True)
     table = format_table(rows, args.device)
     precision = "bf16 autocast, CUDA events" if args.device == "cuda" else "fp32, wall clock"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"

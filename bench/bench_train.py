@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
     cols = ["arch", "task", "feat", "layers", "batch", "micro", "mean_len", "params_M", "updates_per_s", "tokens_per_s", "update_ms_median", "batch_ms", "peak_mem_GiB", "error"]
     dev_name = runio.describe_device(device)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    head = f"bench_train {stamp} on {platform.node()} / {dev_name} / torch {torch.__version__} / {str(dtype)[6:]}"
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())  # the CPU may be shared: say how busy it was
+    head = f"bench_train {stamp} on {platform.node()} / {dev_name} / torch {torch.__version__} / {str(dtype)[6:]} / load avg {load}"
     table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     table += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     print(head)

@@ -11,7 +11,7 @@ from selectivbench import train as T
 TOY = str(Path(__file__).resolve().parent / "toy_arch.py")
 COMMON = {
     "arch": "toy_ema", "plugins": f"[{TOY}]", "feat_size": "16", "layers": "2", "batch_size": "8",
-    "test_size": "16", "test_bs": "8", "warmup": "2", "lr": "1e-2", "progress": "off",
+    "test_size": "16", "test_bs": "8", "warmup": "2", "lr": "1e-2", "progress": "off", "device": "cpu",
 }
 
 

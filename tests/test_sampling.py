@@ -45,11 +45,11 @@ def test_engine_paths_equal_reference():
     """Tiny word blocks (many refills), few lanes, small claims, and the exact-correction branch
     (normally taken once in ~1e13 steps) forced on every step: all bit-exact."""
     g = grammar(40, 2)
-    ref = reference_classes(g, 2, range(30, 90))
+    ref = reference_classes(g, 2, range(30, 60))
     tables = WalkTables(g)
-    assert np.array_equal(_run_engine(tables, 2, 30, 90, lanes=7, block=40, claim_size=9), ref)
+    assert np.array_equal(_run_engine(tables, 2, 30, 60, lanes=7, block=64, claim_size=9), ref)
     tables.near = 2**52  # every lane "close to a slot boundary"
-    assert np.array_equal(_run_engine(tables, 2, 30, 90, lanes=16, block=64), ref)
+    assert np.array_equal(_run_engine(tables, 2, 30, 60, lanes=16, block=64), ref)
 
 
 def test_exact_correction_is_needed_and_right():
@@ -107,11 +107,11 @@ def test_index_ranges_are_independent():
 def test_workers_give_the_same_result_in_index_order():
     g = grammar(20, 1)
     n = 2 * CLAIM + 300  # several claims, a partial last one
-    one = sample_classes(g, 1, 10, 10 + n)
     two = sample_classes(g, 1, 10, 10 + n, workers=2, lanes=256)
-    assert np.array_equal(one, two)
-    assert np.array_equal(two[:20], reference_classes(g, 1, range(10, 30)))
-    assert np.array_equal(two[-5:], reference_classes(g, 1, range(5 + n, 10 + n)))
+    assert two.shape == (n, 200)
+    for a in (0, CLAIM - 8, 2 * CLAIM - 8, n - 12):  # around the claim boundaries and the end
+        assert np.array_equal(two[a : a + 12], sample_classes(g, 1, 10 + a, 22 + a)), a
+    assert np.array_equal(two[:10], reference_classes(g, 1, range(10, 20)))
 
 
 def test_sequences_follow_the_grammar():

@@ -30,7 +30,7 @@ TIMING_KEYS = {"wall_s", "train_s", "updates_per_s", "tokens_per_s", "peak_memor
 BASE = {
     "arch": "toy_ema", "plugins": f"[{TOY}]", "feat_size": "16", "layers": "2", "batch_size": "8",
     "dataset_size": "192", "eval_every": "4", "test_size": "16", "test_bs": "8", "warmup": "3", "lr": "1e-2",
-    "progress": "off", "seed": "1",
+    "progress": "off", "seed": "1", "device": "cpu",
 }
 
 
@@ -182,7 +182,7 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(dataset, tmp_pat
     out = tmp_path / "run"
     assert train_in_process(dataset, out, dataset_size="32", eval_every="2") == 0
     stamp = (out / "metrics.json").stat().st_mtime_ns
-    assert train_in_process(dataset, out, dataset_size="32", eval_every="2", device="cpu") == 0  # operational key: same run
+    assert train_in_process(dataset, out, dataset_size="32", eval_every="2", checkpoint_every="5") == 0  # operational key: same run
     assert (out / "metrics.json").stat().st_mtime_ns == stamp
     capsys.readouterr()
     assert train_in_process(dataset, out, dataset_size="32", eval_every="2", lr="5e-4") == 2
@@ -278,3 +278,34 @@ def test_missing_dataset_says_how_to_build_it(tmp_path, capsys):
     assert train_in_process(tmp_path / "nowhere", tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert "not found" in err and "selectivbench dataset --amb" in err
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_run_uses_bf16_and_probes_the_micro_batch(dataset, tmp_path):
+    out = tmp_path / "cuda"
+    assert train_in_process(dataset, out, device="cuda", dataset_size="64", eval_every="4") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["precision"] == "bfloat16"
+    assert metrics["micro_batch"] == 8 and metrics["peak_memory_bytes"] > 0
+
+
+@pytest.mark.gpu
+@cuda
+def test_micro_batch_probe_halves_on_out_of_memory():
+    load_plugins_once([TOY])
+    from selectivbench.models import RecNet
+
+    device = torch.device("cuda")
+    free, _ = torch.cuda.mem_get_info(device)
+    # the bf16 logits of 64 x 4096 steps alone take 1.5x the free memory; 8 samples fit easily
+    classes = int(1.5 * free / (64 * 4096 * 2))
+    model = RecNet("toy_ema", 16, vocab=5, num_classes=classes, n_layers=2).to(device)
+    rng = torch.cuda.get_rng_state(device)
+    micro = T.probe_micro_batch(model, 64, 4096, 5, device, torch.bfloat16)
+    assert micro < 64 and 64 % micro == 0
+    assert torch.equal(torch.cuda.get_rng_state(device), rng)
+    assert all(p.grad is None for p in model.parameters())

@@ -54,7 +54,7 @@ def dataset_config(amb: int, seed: int, size: int, start: int = 0, test_split: s
     """Everything that determines the content of a dataset directory (validated)."""
     check_grammar_args(amb, seed)
     for name, value, low in (("size", size, 1), ("start", start, 0), ("test_size", test_size, 1)):
-        if not isinstance(value, int) or value < low:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if test_split not in TEST_SPLITS:
         raise ValueError(f"test_split must be one of {', '.join(TEST_SPLITS)}, got {test_split!r}")
@@ -76,7 +76,8 @@ def dataset_config(amb: int, seed: int, size: int, start: int = 0, test_split: s
     }
 
 
-def test_indices(config: dict) -> tuple[int, int]:
+def index_range_of_test(config: dict) -> tuple[int, int]:
+    """Half-open range of the test sample indices (§4, §15.4)."""
     if config["test_split"] == "faithful":
         return 0, config["test_size"]
     stop = config["start"] + config["size"]
@@ -87,7 +88,6 @@ def count_rows_in(rows: np.ndarray, table: np.ndarray) -> int:
     """How many rows of `rows` occur (exactly) as a row of `table`."""
     if len(rows) == 0 or len(table) == 0:
         return 0
-
     table_hash = _row_hashes(table)
     rows_hash = _row_hashes(rows)
     candidates = np.flatnonzero(np.isin(rows_hash, table_hash))
@@ -124,7 +124,7 @@ def materialize(out: str | os.PathLike, amb: int, seed: int, size: int, start: i
     """
     config = dataset_config(amb, seed, size, start, test_split, test_size)
     workers = default_workers() if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
+    if not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     out = Path(out)
     created_dir = not out.exists()
@@ -163,7 +163,7 @@ def _write_dataset(out: Path, config: dict, workers: int, progress: bool, writte
     atomic_save_npy(out / "classes.npy", train)
 
     t = time.perf_counter()
-    a, b = test_indices(config)
+    a, b = index_range_of_test(config)
     if first <= a and b <= first + size:  # faithful split inside the training range: the same rows
         test = train[a - first : b - first].copy()
     else:
@@ -278,7 +278,7 @@ def _amb(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="selectivbench dataset", description=__doc__.split("\n")[0],
+    p = _Parser(prog="selectivbench dataset", description="Sample a grammar and materialize its sequence dataset (spec §2-5).",
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--amb", type=_amb, required=True,
                    help=f"ambiguous letters = vocabulary - 1 = ambiguity depth, 2..{MAX_AMB} (paper: 20..40)")

@@ -106,7 +106,12 @@ class _LockstepSampler:
     each range's uint16 [b - a, 200] class ids once all of its samples are done.
     """
 
+    CHECK_EVERY = 16  # iterations between word refills; a lane reads at most 2 words per iteration
+    MIN_BLOCK = 64  # > 2 * CHECK_EVERY + 2 words must be available after each refill check
+
     def __init__(self, tables: WalkTables, seed: int, claim, emit, lanes: int = 4096, block: int = 1024):
+        if lanes < 1 or block < self.MIN_BLOCK:
+            raise ValueError(f"need lanes >= 1 and block >= {self.MIN_BLOCK}, got lanes={lanes} block={block}")
         self.t, self.seed, self.claim, self.emit = tables, seed, claim, emit
         self.block = block  # words buffered per lane
         self.words = np.zeros(lanes * block, dtype=np.int64)  # m = word >> 11, one row per lane
@@ -210,11 +215,10 @@ class _LockstepSampler:
     def run(self) -> None:
         t, words, states = self.t, self.words, self.states
         near, two_near = t.near, 2 * t.near
-        check_every = 16  # a lane reads at most 2 words per iteration
-        margin = 2 * check_every + 2
+        margin = 2 * self.CHECK_EVERY + 2
         it = 0
         while len(self.sb):
-            if it % check_every == 0:
+            if it % self.CHECK_EVERY == 0:
                 self._refill_words(margin)
             it += 1
             # one step of every lane
