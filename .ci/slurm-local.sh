@@ -165,6 +165,8 @@ MinJobAge=300
 # the training code writes its checkpoint in that window
 KillWait=30
 Waittime=0
+# records what every task saw (the CI test checks that GPU jobs got CUDA_VISIBLE_DEVICES)
+TaskProlog=${CONF_DIR}/task-prolog.sh
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 NodeName=${H} NodeAddr=127.0.0.1 ${NODE_HW} RealMemory=${MEM}${NODE_GRES} State=UNKNOWN
@@ -182,6 +184,17 @@ if [ "$GPUS" -gt 0 ]; then
   NEW_GRES="$NEW_GRES
 NodeName=${H} Name=gpu File=${GFILE}"
 fi
+
+# TaskProlog runs before every task of every job step, in the task's environment (after the
+# gres plugin has set CUDA_VISIBLE_DEVICES); what it prints to stdout would be exported, so it
+# prints nothing and appends one line per task to the log instead.
+NEW_PROLOG='#!/bin/sh
+echo "job=$SLURM_JOB_ID step=$SLURM_STEP_ID cuda_visible_devices=${CUDA_VISIBLE_DEVICES:-none}" >> /var/log/slurm/task-gpus.log
+exit 0'
+if [ "$(cat "$CONF_DIR/task-prolog.sh" 2>/dev/null)" != "$NEW_PROLOG" ]; then
+  printf '%s\n' "$NEW_PROLOG" > "$CONF_DIR/task-prolog.sh"
+fi
+chmod 755 "$CONF_DIR/task-prolog.sh"
 
 if [ "$(cat "$CONF_DIR/slurm.conf" 2>/dev/null)" != "$NEW_CONF" ] || \
    [ "$(cat "$CONF_DIR/gres.conf" 2>/dev/null)" != "$NEW_GRES" ]; then

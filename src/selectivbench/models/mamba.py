@@ -54,6 +54,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+@torch.compiler.disable
 def naive_selective_scan(u, delta, A, B, C, initial_state=None):
     """Reference: one recurrence step at a time under autograd (mamba_ssm's selective_scan_ref)."""
     _check_scan_inputs(u, delta, A, B, C, initial_state)
@@ -136,6 +137,7 @@ class _ChunkSelectiveScan(torch.autograd.Function):
         return gB * delta, gB * u + dq, dAt.sum(0).t(), dB, dC, dh0, None
 
 
+@torch.compiler.disable  # a T-step Python loop: let torch.compile graph-break here instead of unrolling it
 def chunk_selective_scan(u, delta, A, B, C, chunk_size: int = 64, initial_state=None):
     """Selective scan with chunk-boundary checkpoints and a hand-written adjoint (see module doc).
 
