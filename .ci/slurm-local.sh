@@ -159,8 +159,9 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 # squeue (the profile's status command) must still list a finished job when snakemake looks:
-# >= 3 x slurm-init-seconds-before-status-checks, else the executor falls back to sacct
-MinJobAge=300
+# >= 3 x slurm-init-seconds-before-status-checks, else the executor falls back to sacct. 30 min,
+# so the CI test can still read every job's resources and state from squeue at the end.
+MinJobAge=1800
 # grace between SIGTERM and SIGKILL when a job is preempted, requeued or over its time:
 # the training code writes its checkpoint in that window
 KillWait=30

@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -68,9 +67,10 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--check", type=int, default=200, help="samples compared with the reference sampler")
     p.add_argument("--results", default=str(ROOT / "bench" / "results" / "data.md"))
-    p.add_argument("--launcher", default="", help="how the script was launched (e.g. 'taskset -c 0,1'), for the record")
+    p.add_argument("--launcher", default="", help="how python was launched (e.g. 'taskset -c 0,1 python3'), for the record")
     args = p.parse_args()
-    command = " ".join(x for x in [args.launcher, "python bench/bench_data.py", *map(shlex.quote, sys.argv[1:])] if x)
+    command = (f"{args.launcher or 'python'} bench/bench_data.py --amb {args.amb} --seed {args.seed} --size {args.size} "
+               f"--workers {args.workers} --check {args.check}")
 
     load_before = os.getloadavg()
     cpu0 = os.times()

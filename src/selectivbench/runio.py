@@ -62,22 +62,17 @@ def identity_mismatch(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 # --- model ------------------------------------------------------------------------------------
 
-_loaded_plugins: set[str] = set()
 
 
 def load_plugins_once(plugins: list[str]) -> None:
-    """Import plugin modules once per process (registering the same architecture twice is an error)."""
+    """Import plugin modules (the registry skips ones already loaded), naming the config key on failure."""
     from selectivbench.models import load_plugins
 
     for p in plugins:
-        ident = str(Path(p).resolve()) if (p.endswith(".py") or os.sep in p) else p
-        if ident in _loaded_plugins:
-            continue
         try:
             load_plugins([p])
         except (FileNotFoundError, ImportError) as err:
             raise ConfigError(f"config key 'plugins': cannot load {p!r}: {err}") from None
-        _loaded_plugins.add(ident)
 
 
 def check_arch(cfg: RunConfig) -> None:

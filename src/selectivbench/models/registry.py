@@ -51,7 +51,7 @@ def register(name: str):
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, Mixer)):
             raise TypeError(f"@register({name!r}) needs a Mixer subclass, got {cls!r}")
-        if name in _MIXERS and _MIXERS[name] is not cls:
+        if name in _MIXERS and not _same_definition(_MIXERS[name], cls):
             raise ValueError(f"architecture {name!r} is already registered by {_MIXERS[name].__module__}")
         cls.arch_name = name
         _MIXERS[name] = cls
@@ -60,7 +60,18 @@ def register(name: str):
     return deco
 
 
+def _same_definition(a: type, b: type) -> bool:
+    """The same class statement executed twice (a plugin file imported under two module names)."""
+    import inspect
+
+    try:
+        return a.__qualname__ == b.__qualname__ and inspect.getfile(a) == inspect.getfile(b)
+    except TypeError:
+        return a is b
+
+
 _loaded = False
+_loaded_plugins: set[str] = set()
 
 
 def _load_builtin() -> None:
@@ -77,11 +88,14 @@ def _load_builtin() -> None:
 
 
 def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
-    """Import extra modules (dotted names or ``.py`` paths) that register architectures."""
+    """Import extra modules (dotted names or ``.py`` paths) that register architectures; idempotent."""
     import importlib.util
     import os
 
     for mod in modules:
+        ident = os.path.realpath(mod) if (mod.endswith(".py") or os.sep in mod) else mod
+        if ident in _loaded_plugins:
+            continue
         if mod.endswith(".py") or os.sep in mod:
             if not os.path.exists(mod):
                 raise FileNotFoundError(f"plugin module file not found: {mod}")
@@ -91,6 +105,7 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
             spec.loader.exec_module(module)
         else:
             importlib.import_module(mod)
+        _loaded_plugins.add(ident)
 
 
 def available() -> list[str]:
