@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from selectivbench.models import RecNet, get_mixer
+import selectivbench.models.gla as gla_module
 from selectivbench.models.gla import GatedLinearAttention, chunk_gla, naive_gla
 
 # spec SELECTIVBENCH.md §10.4, gla column (millions, V=41, C=1601, 8 layers)
@@ -80,6 +81,14 @@ def test_chunk_matches_naive_bf16(B, H, T, K, V, C):
     got, ref = run_both(q, k, v, g, C)
     assert got[0].dtype == torch.bfloat16 and got[1][0].dtype == torch.bfloat16
     check_errors(got, ref, k, tol=1e-2, gate_tol=2e-2)
+
+
+def test_inter_chunk_pass_in_blocks(monkeypatch):
+    """Long inputs chain several parallel inter-chunk passes (T > 64 chunks); force it at T = 150."""
+    monkeypatch.setattr(gla_module, "MAX_PARALLEL_CHUNKS", 3)  # 10 chunks -> blocks of 3, 3, 3, 1
+    q, k, v, g = random_inputs(1, 2, 150, 8, 16, seed=11)
+    got, ref = run_both(q, k, v, g, chunk_size=16)
+    check_errors(got, ref, k, tol=1e-5, gate_tol=1e-5)
 
 
 def test_chunk_size_invariance():

@@ -55,8 +55,8 @@ def run_with_grads(scan, x, dtypes=None, **kw):
     y, h = scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
                 initial_state=leaves.get("h0"), **kw)
     g = torch.Generator().manual_seed(1)
-    wy = torch.randn(y.shape, generator=g, dtype=torch.float64)
-    wh = torch.randn(h.shape, generator=g, dtype=torch.float64)
+    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)
+    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(y.device)
     loss = (y.double() * wy).sum() + (h.double() * wh).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
     out = {"y": y.detach().double(), "h": h.detach().double()}
@@ -72,19 +72,24 @@ SHAPES = [  # (B, T, D, N, chunk, initial state)
 ]
 
 
+BACKENDS = ["step", "block"]  # "block" runs uncompiled on CPU: same maths as the compiled CUDA path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_chunk_matches_naive_fp32(shape):
+def test_chunk_matches_naive_fp32(shape, backend):
     B, T, D, N, cs, h0 = shape
     x = scan_inputs(B, T, D, N, seed=T, h0=h0)
     ref = run_with_grads(naive_selective_scan, x)
-    got = run_with_grads(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=cs)
+    got = run_with_grads(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=cs, backend=backend)
     assert set(got) == set(ref)
     for name in ref:
         assert_close(name, got[name], ref[name], 1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES[1:])
-def test_chunk_matches_naive_bf16_inputs(shape):
+def test_chunk_matches_naive_bf16_inputs(shape, backend):
     """The layer feeds bf16 x (rounded), B, C under autocast; delta, A stay fp32."""
     B, T, D, N, cs, h0 = shape
     x = scan_inputs(B, T, D, N, seed=T + 1, h0=h0)
@@ -93,7 +98,7 @@ def test_chunk_matches_naive_bf16_inputs(shape):
     ref = run_with_grads(naive_selective_scan, x)
     dtypes = {"u": torch.bfloat16, "B": torch.bfloat16, "C": torch.bfloat16,
               "delta": torch.float32, "A": torch.float32, "h0": torch.float32}
-    got = run_with_grads(chunk_selective_scan, x, dtypes, chunk_size=cs)
+    got = run_with_grads(chunk_selective_scan, x, dtypes, chunk_size=cs, backend=backend)
     for name in ref:
         assert_close(name, got[name], ref[name], 2e-2 if name in GATES else 1e-2)
 
@@ -104,18 +109,19 @@ def test_output_dtype_follows_u():
     assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
 
 
-def test_chunk_size_invariance():
+def test_chunk_size_and_backend_invariance():
     x = scan_inputs(2, 53, 5, 6, seed=3)
     f32 = {n: torch.float32 for n in x}
-    ref = run_with_grads(chunk_selective_scan, x, f32, chunk_size=53)
-    for cs in (1, 7, 16, 64):
-        got = run_with_grads(chunk_selective_scan, x, f32, chunk_size=cs)
+    ref = run_with_grads(chunk_selective_scan, x, f32, chunk_size=53, backend="step")
+    for backend, cs in [("step", 1), ("step", 7), ("step", 64), ("block", 1), ("block", 16), ("block", 40), ("block", 64)]:
+        got = run_with_grads(chunk_selective_scan, x, f32, chunk_size=cs, backend=backend)
         for name in ref:
-            assert_close(f"{name} (chunk {cs})", got[name], ref[name], 1e-6)
+            assert_close(f"{name} ({backend}, chunk {cs})", got[name], ref[name], 1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", ["huge_delta", "tiny_delta", "large_inputs"])
-def test_extreme_gates_finite_and_exact(case):
+def test_extreme_gates_finite_and_exact(case, backend):
     """delta*A down to -1e5 (decay underflows to 0), delta ~ 1e-9 (no decay), |u| ~ 1e4."""
     x = scan_inputs(2, 40, 4, 8, seed=11)
     if case == "huge_delta":
@@ -125,7 +131,7 @@ def test_extreme_gates_finite_and_exact(case):
     else:
         x["u"], x["B"], x["C"] = x["u"] * 1e4, x["B"] * 30, x["C"] * 30
     ref = run_with_grads(naive_selective_scan, x)
-    got = run_with_grads(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=16)
+    got = run_with_grads(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=16, backend=backend)
     for name in ref:
         assert torch.isfinite(ref[name]).all(), f"reference {name} not finite"
         assert_close(name, got[name], ref[name], 1e-5)
@@ -143,6 +149,20 @@ def test_kernel_rejects_bad_shapes():
         chunk_selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], initial_state=torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="chunk_size"):
         chunk_selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], chunk_size=0)
+    with pytest.raises(ValueError, match="backend"):
+        chunk_selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", BACKENDS)  # "block" is torch.compile'd on CUDA
+def test_cuda_backends_match_float64_reference(backend):
+    x = scan_inputs(3, 150, 32, 16, seed=21)
+    ref = run_with_grads(naive_selective_scan, x)
+    cuda32 = {n: t.float().cuda() for n, t in x.items()}
+    got = run_with_grads(chunk_selective_scan, cuda32, chunk_size=64, backend=backend)
+    for name in ref:
+        assert_close(name, got[name].cpu(), ref[name], 1e-5)
 
 
 # ---------------------------------------------------------------- layer

@@ -19,10 +19,10 @@ elif snakemake.rule == "tabulate_parameter_counts":
     grids = [task_grid(config, t) for t in ("task1", "task2", "task3")]
     feats = sorted({f for g in grids if g for f in g["feat"]})
     amb = max(a for g in grids if g for a in g.get("amb", [40]))
-    d_state = config.get("train", {}).get("d_state")
-    counts = tables.parameter_counts(config["architectures"], feats, amb, lambda arch: d_state)
+    d_state, layers = config["train"].get("d_state"), config["train"].get("layers", 8)
+    counts = tables.parameter_counts(config["architectures"], feats, amb, lambda arch: d_state, layers)
     tables.write_table(tables.parameter_table(counts), out.csv, out.md,
-                       f"Parameters (millions) at V={amb + 1}, C={amb * amb + 1}, {8} layers",
+                       f"Parameters (millions) at V={amb + 1}, C={amb * amb + 1}, {layers} layers",
                        "— = size skipped by the architecture. Counts from RecNet built on the meta device.", out.html)
 elif snakemake.rule == "tabulate_grammars":
     df = tables.grammar_table(list(snakemake.input))

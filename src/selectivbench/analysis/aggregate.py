@@ -17,7 +17,7 @@ from selectivbench.analysis.plan import Evaluation, Plan, Run
 KEY_COLUMNS = ["kind", "task", "arch", "feat", "amb", "lr", "warmup", "seed", "test_split", "test_gap"]
 METRIC_COLUMNS = [
     "status", "test_acc", "test_loss", "val_acc", "val_loss", "best_test_acc", "num_parameters", "state_size",
-    "updates", "samples", "config_hash", "wall_s", "gpu_hours", "device", "peak_memory_bytes", "error", "source_run", "path",
+    "updates", "samples", "config_hash", "grammar", "wall_s", "gpu_hours", "device", "peak_memory_bytes", "error", "source_run", "path",
 ]
 COLUMNS = KEY_COLUMNS + METRIC_COLUMNS
 
@@ -60,7 +60,8 @@ def run_row(run: Run, train_split: str) -> dict:
         "state_size": m.get("state_size"),
         "updates": m.get("updates"),
         "samples": m.get("samples"),
-        "config_hash": m.get("config_hash"),
+        "config_hash": m.get("config_hash"),  # run config; with `grammar` it identifies the run
+        "grammar": (m.get("dataset") or {}).get("grammar"),
         "wall_s": wall,
         "gpu_hours": gpu_hours,
         "device": m.get("device"),
@@ -71,9 +72,10 @@ def run_row(run: Run, train_split: str) -> dict:
 
 def evaluation_row(ev: Evaluation, source: dict) -> dict:
     """An evaluation inherits the identity, size and validation accuracy of the run it tests."""
-    row = dict(kind="evaluate", **base_row(ev.run), task=ev.task, test_split=ev.split, path=ev.dir, source_run=ev.run.dir)
+    row = dict(kind="evaluate", **base_row(ev.run))
+    row.update(task=ev.task, test_split=ev.split, path=ev.dir, source_run=ev.run.dir)
     row["test_gap"] = ev.test_gap if ev.test_gap is not None else math.nan
-    inherited = {k: source.get(k) for k in ("val_acc", "val_loss", "num_parameters", "state_size", "config_hash")}
+    inherited = {k: source.get(k) for k in ("val_acc", "val_loss", "num_parameters", "state_size", "config_hash", "grammar")}
     if ev.skipped:
         return {**row, "status": "skipped", "error": source.get("error")}
     m = read_json(Path(ev.dir, "metrics.json"))
@@ -108,7 +110,7 @@ def results_table(plan: Plan) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("num_parameters", "state_size", "updates", "samples", "peak_memory_bytes"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("status", "config_hash", "device", "error", "source_run", "path"):
+    for col in ("status", "config_hash", "grammar", "device", "error", "source_run", "path"):
         df[col] = df[col].astype("string")
     return df
 

@@ -34,7 +34,7 @@ def taxonomy_table(architectures: list[str], summaries: dict[str, str] | None = 
     return pd.DataFrame(rows, columns=TAXONOMY_COLUMNS)
 
 
-def parameter_counts(architectures: list[str], feats: list[int], amb: int, d_state_of=None) -> pd.DataFrame:
+def parameter_counts(architectures: list[str], feats: list[int], amb: int, d_state_of=None, layers: int = 8) -> pd.DataFrame:
     """Parameters (millions) of RecNet per (arch, feat) for alphabet amb+1 and amb²+1 classes.
 
     Built on the meta device (shapes only), so even the 230 M-parameter models cost nothing.
@@ -49,7 +49,8 @@ def parameter_counts(architectures: list[str], feats: list[int], amb: int, d_sta
         for feat in feats:
             with torch.device("meta"):
                 try:
-                    model = RecNet(arch, feat, vocab=amb + 1, num_classes=amb * amb + 1, d_state=d_state_of(arch) if d_state_of else None)
+                    model = RecNet(arch, feat, vocab=amb + 1, num_classes=amb * amb + 1, n_layers=layers,
+                                   d_state=d_state_of(arch) if d_state_of else None)
                     params, width = model.num_parameters() / 1e6, model.width
                 except ValueError:  # a size this architecture skips
                     params, width = math.nan, None

@@ -25,9 +25,12 @@ INVERSE_METHODS = ("solve", "doubling")
 def unit_lower_inverse(A: torch.Tensor, method: str = "solve") -> torch.Tensor:
     """(I + A)^{-1} for strictly lower-triangular A (..., C, C), in A's dtype (fp32 here).
 
-    "solve": batched triangular solve against I (fewest flops; the CPU default).
+    "solve": batched triangular solve against I (fewest flops) — the default everywhere.
     "doubling": (I + A)^{-1} = Π_k (I + (−A)^{2^k}), exact because A^C = 0 — only matmuls
-    (2·⌈log2 C⌉ batched C×C products), the tensor-core friendly choice on GPU.
+    (2·⌈log2 C⌉ − 2 batched C×C products). Measured at C = 64, fp32: CPU 1 thread, 672
+    matrices: solve 19 ms, doubling 190 ms; H100 (TF32 off), 5376 matrices: solve 0.72 ms,
+    doubling 1.8 ms. Doubling could only win with TF32/bf16 tensor-core products, which the
+    fp32 inverse rules out (it feeds every gradient).
     """
     C = A.shape[-1]
     eye = torch.eye(C, dtype=A.dtype, device=A.device)
@@ -61,8 +64,11 @@ def chunk_gated_delta_rule(
     decay); beta (B, H, T); initial_state (B, H, K, V) or None. q and k must already be
     L2-normalised. With Tq = T / r the queries are read after every r-th step only (steps
     r−1, 2r−1, …): r = n_h is Gated DeltaProduct on its interleaved sequence, r = 1 the usual
-    case. Matmul operands are in q's dtype; cumsums, Γ, A, its inverse and the state are fp32.
-    o has q's dtype, the final state is fp32 (float64 inputs: everything float64).
+    case. Matmul operands are in q's dtype, except the serial state pass S ← M S + X, which
+    runs in fp32 like the cumsums, Γ, A and its inverse. o has q's dtype, the final state is
+    fp32 (float64 inputs: everything float64). Autograd differentiates it all (no custom
+    backward), which keeps the per-chunk tensors (pitfall P12): one Gated DeltaNet layer's
+    forward+backward peaked at 3.8 GiB at B 64, T 1300, d 256 (H100, autocast bf16).
     """
     B, H, T, K = k.shape
     V = v.shape[-1]

@@ -22,12 +22,13 @@ adjoint (reverse) recurrence by hand. Memory: (B, T/C_s, D, N) + one (B, C_s, D,
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectivbench.models.layers import ShortConv
+from selectivbench.models.layers import ShortConv, pad_time
 from selectivbench.models.registry import Mixer, register
 
 
@@ -72,7 +73,7 @@ def naive_selective_scan(u, delta, A, B, C, initial_state=None):
     return y.to(u.dtype), h
 
 
-class _ChunkSelectiveScan(torch.autograd.Function):
+class _StepSelectiveScan(torch.autograd.Function):
     """Exact step recurrence without autograd; saves only the states entering each chunk.
 
     Inside, states are laid out (B, N, D): the per-step reductions over N then become
@@ -137,21 +138,148 @@ class _ChunkSelectiveScan(torch.autograd.Function):
         return gB * delta, gB * u + dq, dAt.sum(0).t(), dB, dC, dh0, None
 
 
-@torch.compiler.disable  # a T-step Python loop: let torch.compile graph-break here instead of unrolling it
-def chunk_selective_scan(u, delta, A, B, C, chunk_size: int = 64, initial_state=None):
+# ---------------------------------------------------------------- block backend (GPU)
+#
+# On a GPU the step backend is launch-bound (~25 small kernels per time step). The block
+# backend runs the same recurrence in blocks of BLOCK steps written as plain out-of-place
+# functions that torch.compile fuses into a few kernels per block (the unrolled block is
+# what compiles: longer blocks compile more slowly). Same checkpointing: the states entering
+# each chunk are saved; backward recomputes the block starts of one chunk, then each block
+# recomputes its own states and runs the adjoint. Inputs are re-laid out as contiguous
+# (n_blocks, B, BLOCK, .) so every call sees the same strides whatever T is (no recompiles).
+
+BLOCK = 16
+
+
+def _block_forward(h, delta, du, B, C, At):
+    """BLOCK steps from state h (B, N, D); delta, du (B, L, D); B, C (B, L, N) -> y (B, L, D), h."""
+    ys = []
+    for i in range(delta.shape[1]):
+        h = torch.exp(delta[:, i, None, :] * At) * h + B[:, i, :, None] * du[:, i, None, :]
+        ys.append((C[:, i, :, None] * h).sum(1))
+    return torch.stack(ys, 1), h
+
+
+def _block_backward(h0, g, decay_next, delta, du, B, C, dy, At):
+    """Adjoint of `_block_forward`. g is dL/dh of the block's last step before the decay of the
+    step after it (decay_next) is applied; returns the same pair for the block's first step."""
+    L = delta.shape[1]
+    hs, h = [], h0
+    for i in range(L):
+        h = torch.exp(delta[:, i, None, :] * At) * h + B[:, i, :, None] * du[:, i, None, :]
+        hs.append(h)
+    gB, dB, dC, dq = [None] * L, [None] * L, [None] * L, [None] * L
+    dAt = torch.zeros_like(h0)
+    for i in reversed(range(L)):
+        decay = torch.exp(delta[:, i, None, :] * At)
+        g = g * decay_next + C[:, i, :, None] * dy[:, i, None, :]
+        gB[i] = (B[:, i, :, None] * g).sum(1)
+        dB[i] = (g * du[:, i, None, :]).sum(2)
+        dC[i] = (hs[i] * dy[:, i, None, :]).sum(2)
+        q = g * (hs[i - 1] if i > 0 else h0) * decay
+        dAt = dAt + q * delta[:, i, None, :]
+        dq[i] = (q * At).sum(1)
+        decay_next = decay
+    stack = lambda xs: torch.stack(xs, 1)  # noqa: E731
+    return g, decay_next, stack(gB), stack(dB), stack(dC), stack(dq), dAt
+
+
+_compiled_blocks: dict = {}
+
+
+def _block_functions(device_type: str):
+    """torch.compile'd block functions on CUDA (compiled once per process), plain elsewhere."""
+    if device_type != "cuda":
+        return _block_forward, _block_backward
+    if not _compiled_blocks:
+        _compiled_blocks["fns"] = (torch.compile(_block_forward, dynamic=False),
+                                   torch.compile(_block_backward, dynamic=False))
+    return _compiled_blocks["fns"]
+
+
+def _to_blocks(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """(B, T, .) -> contiguous (n_blocks, B, BLOCK, .), zero-padded in time (identity steps)."""
+    x = pad_time(x, BLOCK)
+    return x.view(x.shape[0], n_blocks, BLOCK, x.shape[-1]).transpose(0, 1).contiguous()
+
+
+def _from_blocks(x: torch.Tensor, T: int) -> torch.Tensor:
+    return x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[-1])[:, :T]
+
+
+class _BlockSelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, chunk_size: int):
+        Bsz, T, D = u.shape
+        fwd, _ = _block_functions(u.device.type)
+        n_blocks = math.ceil(T / BLOCK)
+        per_chunk = max(1, chunk_size // BLOCK)  # blocks between saved states
+        At = A.t().contiguous()
+        # delta = 0 and du = 0 on padded steps: decay 1, no input, the state passes through
+        dlt, dub, Bb, Cb = (_to_blocks(x, n_blocks) for x in (delta, delta * u, B, C))
+        h = h0.transpose(1, 2).contiguous()
+        ys, starts = [], []
+        for j in range(n_blocks):
+            if j % per_chunk == 0:
+                starts.append(h)
+            y, h = fwd(h, dlt[j], dub[j], Bb[j], Cb[j], At)
+            ys.append(y)
+        ctx.save_for_backward(u, delta, At, B, C, torch.stack(starts))
+        ctx.per_chunk = per_chunk
+        return _from_blocks(torch.stack(ys), T), h.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dy, dh_last):
+        u, delta, At, B, C, starts = ctx.saved_tensors
+        Bsz, T, D = u.shape
+        fwd, bwd = _block_functions(u.device.type)
+        n_blocks, per_chunk = math.ceil(T / BLOCK), ctx.per_chunk
+        dlt, dub, Bb, Cb, dyb = (_to_blocks(x, n_blocks) for x in (delta, delta * u, B, C, dy))
+        g = dh_last.transpose(1, 2).contiguous()
+        decay_next = torch.ones_like(g)
+        gB, dB, dC, dq = ([None] * n_blocks for _ in range(4))
+        dAt = torch.zeros_like(g)
+        for c in reversed(range(len(starts))):
+            blocks = range(c * per_chunk, min((c + 1) * per_chunk, n_blocks))
+            block_starts, h = [], starts[c]
+            for j in blocks:  # recompute the states entering each block of this chunk
+                block_starts.append(h)
+                if j != blocks[-1]:
+                    _, h = fwd(h, dlt[j], dub[j], Bb[j], Cb[j], At)
+            for j, h_j in zip(reversed(blocks), reversed(block_starts)):
+                g, decay_next, gB[j], dB[j], dC[j], dq[j], dAt_j = bwd(
+                    h_j, g, decay_next, dlt[j], dub[j], Bb[j], Cb[j], dyb[j], At)
+                dAt += dAt_j
+        gB, dB, dC, dq = (_from_blocks(torch.stack(x), T) for x in (gB, dB, dC, dq))
+        dh0 = (g * decay_next).transpose(1, 2) if ctx.needs_input_grad[5] else None
+        return gB * delta, gB * u + dq, dAt.sum(0).t(), dB, dC, dh0, None
+
+
+BACKENDS = {"step": _StepSelectiveScan, "block": _BlockSelectiveScan}
+
+
+@torch.compiler.disable  # Python loops over T: let torch.compile graph-break here instead of unrolling them
+def chunk_selective_scan(u, delta, A, B, C, chunk_size: int = 64, initial_state=None, backend: str | None = None):
     """Selective scan with chunk-boundary checkpoints and a hand-written adjoint (see module doc).
 
+    ``backend``: "step" (in-place per-step loop, the CPU default) or "block" (torch.compile'd
+    16-step blocks on CUDA, the CUDA default; runs uncompiled elsewhere). The environment
+    variable SELECTIVBENCH_SCAN_BACKEND overrides the default.
     Returns ``(y (B, T, D) in u's dtype, final_state (B, D, N) in the compute dtype)``.
     """
     _check_scan_inputs(u, delta, A, B, C, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if backend is None:
+        backend = os.environ.get("SELECTIVBENCH_SCAN_BACKEND") or ("block" if u.is_cuda else "step")
+    if backend not in BACKENDS:
+        raise ValueError(f"selective scan backend must be one of {sorted(BACKENDS)}, got {backend!r}")
     dtype = _compute_dtype(u)
     Bsz, T, D = u.shape
     h0 = u.new_zeros(Bsz, D, A.shape[1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
     with torch.autocast(u.device.type, enabled=False):
         args = (t.to(dtype).contiguous() for t in (u, delta, A, B, C))
-        y, h = _ChunkSelectiveScan.apply(*args, h0.contiguous(), chunk_size)
+        y, h = BACKENDS[backend].apply(*args, h0.contiguous(), chunk_size)
     return y.to(u.dtype), h
 
 

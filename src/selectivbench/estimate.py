@@ -1,0 +1,239 @@
+"""`selectivbench estimate`: runs and GPU-hours per figure target of a workflow config.
+
+    selectivbench estimate --configfile config/paper.yaml
+    selectivbench estimate --configfile config/paper.yaml --init-table   # (re)write estimated rows
+
+The cost of a run is its updates × the time of one update plus its test passes × the time of a
+test sample, looked up per (arch, task, feat) in a step-time table (default
+bench/results/step_times.csv; columns arch, task, feat, ms_per_update, ms_per_test_sample,
+device, source, note). Rows with `source = measured` come from GPU benchmarks; a missing entry,
+or a row marked `estimated`, uses the FLOP model below, and the output says which share of the
+GPU-hours is estimated.
+
+FLOP model (estimated entries): an update costs 6·P·B·L FLOPs (+ 6·layers·B·L²·d for softmax
+attention), a test sample 2·P·L (+ 2·layers·L²·d), at THROUGHPUT FLOP/s plus OVERHEAD_MS per
+update; L is the mean sequence length of the task (spec §6). Config loading follows Snakemake:
+config/config.yaml first, then each --configfile on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+THROUGHPUT = 100e12  # FLOP/s assumed for bf16 on one H100 (~10 % of dense peak: small models)
+OVERHEAD_MS = 25.0  # per update: kernel launches of 8 layers fwd+bwd, optimizer step
+TABLE = "bench/results/step_times.csv"
+TABLE_COLUMNS = ["arch", "task", "feat", "ms_per_update", "ms_per_test_sample", "device", "source", "note"]
+NUM_ELEMENTS = 200
+
+
+@functools.lru_cache(maxsize=None)
+def mean_length(task: str, split: str, test_gap: float | None = None) -> float:
+    """Mean steps of a sample of `task` (spec §6): 200 elements, each followed by its gap."""
+    from selectivbench.config import PRESETS
+    from selectivbench.inputs import InputSpec
+
+    preset = {k: v for k, v in PRESETS["task2" if task == "task4" else task].items() if k != "d_state"}
+    spec = InputSpec(**preset, test_gap=test_gap)
+    if split == "train":
+        delays = np.round(np.linspace(spec.gap_min, spec.gap_max, 10001), 1)
+        steps = float(spec.gap_steps(delays).mean())
+    else:
+        steps = float(spec.gap_steps(spec.test_delay))
+    gapped = spec.gap_prob * (NUM_ELEMENTS - spec.gap_start)
+    return NUM_ELEMENTS + gapped * steps
+
+
+@dataclass
+class StepTime:
+    ms_per_update: float
+    ms_per_test_sample: float
+    source: str  # measured | estimated
+
+
+def model_step_time(params: float, width: int, layers: int, batch: int, attention: bool, train_len: float, test_len: float) -> StepTime:
+    attn_train = 6 * layers * batch * train_len**2 * width if attention else 0.0
+    attn_test = 2 * layers * test_len**2 * width if attention else 0.0
+    update = OVERHEAD_MS + 1e3 * (6 * params * batch * train_len + attn_train) / THROUGHPUT
+    test = 1e3 * (2 * params * test_len + attn_test) / THROUGHPUT
+    return StepTime(update, test, "estimated")
+
+
+def read_table(path: str) -> dict[tuple[str, str, int], StepTime]:
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    with open(path) as f:
+        for row in csv.DictReader(line for line in f if not line.startswith("#")):
+            out[(row["arch"], row["task"], int(row["feat"]))] = StepTime(float(row["ms_per_update"]), float(row["ms_per_test_sample"]), row["source"])
+    return out
+
+
+def load_config(configfiles: list[str], default: str, schema: str) -> dict:
+    """Default config, then each --configfile merged on top (as Snakemake does), validated."""
+    from selectivbench.analysis.plan import registered_architectures
+    from selectivbench.analysis.workflow_config import check
+
+    def merge(base: dict, new: dict) -> dict:
+        for k, v in new.items():
+            base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return base
+
+    config: dict = {}
+    for path in ([default] if default and os.path.exists(default) else []) + configfiles:
+        with open(path) as f:
+            merge(config, yaml.safe_load(f) or {})
+    return check(config, schema, registered=registered_architectures)
+
+
+class CostModel:
+    """Step times per (arch, task, feat): the table where measured, the FLOP model otherwise."""
+
+    def __init__(self, config: dict, table: dict):
+        self.config, self.table = config, table
+        train = config.get("train", {})
+        self.layers = int(train.get("layers", 8))
+        self.batch = int(train.get("batch_size", 64))
+        self.cache: dict = {}
+
+    def shape(self, arch: str, feat: int, amb: int) -> tuple[float, int]:
+        import torch
+
+        from selectivbench.models.wrapper import RecNet
+
+        key = (arch, feat, amb)
+        if key not in self.cache:
+            with torch.device("meta"):
+                m = RecNet(arch, feat, vocab=amb + 1, num_classes=amb * amb + 1, n_layers=self.layers)
+            self.cache[key] = (m.num_parameters(), m.width)
+        return self.cache[key]
+
+    def step_time(self, arch: str, task: str, feat: int, amb: int, test_gap: float | None = None) -> StepTime:
+        hit = self.table.get((arch, task, feat))
+        if hit is not None and hit.source == "measured" and test_gap is None:
+            return hit
+        params, width = self.shape(arch, feat, amb)
+        return model_step_time(params, width, self.layers, self.batch, arch == "transformer",
+                               mean_length(task, "train"), mean_length(task, "test", test_gap))
+
+
+def run_hours(cm: CostModel, config: dict, item) -> tuple[float, bool]:
+    """(GPU-hours, estimated?) of one training run or one Task-4 evaluation."""
+    from selectivbench.analysis.plan import Evaluation
+
+    data, train = config["data"], config.get("train", {})
+    if isinstance(item, Evaluation):
+        t = cm.step_time(item.run.arch, "task4", item.run.feat, item.run.amb, item.test_gap)
+        return data["test_size"] * t.ms_per_test_sample / 3.6e6, t.source != "measured"
+    updates = data["train_size"] // cm.batch
+    if train.get("max_updates"):
+        updates = min(updates, int(train["max_updates"]))
+    evals = updates // int(train.get("eval_every", 78))
+    t = cm.step_time(item.arch, item.task, item.feat, item.amb)
+    test_ms = (evals * data["test_size"] + data.get("val_size", 0)) * t.ms_per_test_sample
+    extra_splits = len(config["test_splits"]) - 1  # the held-out test pass of the same job
+    test_ms += extra_splits * data["test_size"] * t.ms_per_test_sample
+    return (updates * t.ms_per_update + test_ms) / 3.6e6, t.source != "measured"
+
+
+def estimate(config: dict, table: dict) -> list[dict]:
+    from selectivbench.analysis.plan import figure_runs, plan, registered_architectures
+
+    registered_architectures(config)
+    p = plan(config)
+    cm = CostModel(config, table)
+    hours = {}
+    for item in [r for r in p.runs if not r.skipped] + [e for e in p.evaluations if not e.skipped and e.task == "task4"]:
+        hours[id(item)] = run_hours(cm, config, item)
+    rows = []
+
+    def summarize(target: str, items: list, note: str = "") -> dict:
+        live = [i for i in items if not i.skipped]
+        h = sum(hours[id(i)][0] for i in live)
+        est = sum(hours[id(i)][0] for i in live if hours[id(i)][1])
+        trains = sum(1 for i in live if not hasattr(i, "run"))
+        return dict(target=target, runs=trains, evaluations=len(live) - trains, skipped=len(items) - len(live),
+                    gpu_hours=h, estimated_share=est / h if h else 0.0, note=note)
+
+    by_id = {id(i): i for i in p.runs}
+    for target, items in figure_runs(config, p).items():
+        note = "subset of task1_complexity" if target == "task1_model_size" else ""
+        if target == "task4_gap_generalization":
+            note = "evaluations only; needs the task2 runs"
+        rows.append(summarize(target, items, note))
+    everything = list(by_id.values()) + [e for e in p.evaluations if e.task == "task4"]
+    rows.append(summarize("total (unique jobs)", everything, f"{len(config['test_splits'])} test split(s)"))
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = f"{'target':<26}{'runs':>8}{'evals':>8}{'skipped':>9}{'GPU-hours':>12}{'estimated':>11}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['target']:<26}{r['runs']:>8}{r['evaluations']:>8}{r['skipped']:>9}{r['gpu_hours']:>12.1f}"
+                     f"{r['estimated_share']:>10.0%}  {r['note']}")
+    return "\n".join(lines)
+
+
+def init_table(config: dict, path: str) -> int:
+    """Write FLOP-model rows (source = estimated) for every (arch, task, feat) of the config,
+    keeping the rows already marked measured."""
+    from selectivbench.analysis.plan import plan, registered_architectures
+
+    registered_architectures(config)
+    old = read_table(path)
+    cm = CostModel(config, {})
+    keys = sorted({(r.arch, r.task, r.feat, r.amb) for r in plan(config).runs if not r.skipped})
+    best_amb = {}
+    for arch, task, feat, amb in keys:  # one row per (arch, task, feat): at the task's largest amb
+        best_amb[(arch, task, feat)] = max(amb, best_amb.get((arch, task, feat), 0))
+    with open(path, "w", newline="") as f:
+        f.write(f"# step times per (arch, task, feat); source = measured (GPU benchmark) or estimated "
+                f"(FLOP model of selectivbench.estimate: {THROUGHPUT / 1e12:.0f} TFLOP/s + {OVERHEAD_MS:.0f} ms/update)\n")
+        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        w.writeheader()
+        for (arch, task, feat), amb in sorted(best_amb.items()):
+            hit = old.get((arch, task, feat))
+            if hit is not None and hit.source == "measured":
+                t, device, note = hit, "", "kept"
+            else:
+                t, device, note = cm.step_time(arch, task, feat, amb), "H100 (assumed)", f"FLOP model, amb {amb}"
+            w.writerow(dict(arch=arch, task=task, feat=feat, ms_per_update=f"{t.ms_per_update:.2f}",
+                            ms_per_test_sample=f"{t.ms_per_test_sample:.4f}", device=device, source=t.source, note=note))
+    return len(best_amb)
+
+
+def cli_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="selectivbench estimate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configfile", nargs="+", default=[], help="workflow config(s), merged over --default-config")
+    p.add_argument("--default-config", default="config/config.yaml", help="the Snakefile's default config (default: %(default)s)")
+    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml", help="config schema (default: %(default)s)")
+    p.add_argument("--step-times", default=TABLE, help="step-time table (default: %(default)s)")
+    p.add_argument("--init-table", action="store_true", help="write estimated rows for the config's grid into --step-times (measured rows kept)")
+    args = p.parse_args(argv)
+    from selectivbench.analysis.workflow_config import ConfigError
+
+    try:
+        config = load_config(args.configfile, args.default_config, args.schema)
+    except (ConfigError, OSError) as err:
+        print(f"selectivbench estimate: error: {err}", file=sys.stderr)
+        return 2
+    if args.init_table:
+        n = init_table(config, args.step_times)
+        print(f"wrote {n} rows to {args.step_times}")
+        return 0
+    rows = estimate(config, read_table(args.step_times))
+    print(f"config: {' + '.join([args.default_config] + args.configfile)}; step times: {args.step_times}")
+    print(format_rows(rows))
+    if any(r["estimated_share"] > 0 for r in rows):
+        print("estimated = share of the GPU-hours from the FLOP model (no measured step time yet)")
+    return 0 if all(math.isfinite(r["gpu_hours"]) for r in rows) else 1
