@@ -11,6 +11,7 @@ import hashlib
 import random
 import string
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -64,13 +65,13 @@ class Grammar:
         sym, instance = divmod(class_id - 1, self.depth)
         return LETTERS[sym] + str(instance)
 
-    @property
+    @cached_property
     def symbol_of_class(self) -> np.ndarray:
         """int64[C]: input symbol id of every class (`#` -> 0)."""
         ids = np.arange(self.num_classes, dtype=np.int64)
         return np.where(ids == 0, 0, (ids - 1) // self.depth + 1)
 
-    @property
+    @cached_property
     def illegal_symbols(self) -> np.ndarray:
         """bool[C, V]: True where the symbol is *not* a legal successor of the class.
 

@@ -92,22 +92,10 @@ class Batch:
         return int(self.mask.sum().item())
 
 
-_TABLES: dict[int, tuple[object, np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
 def _grammar_tables(grammar) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(symbol_of_class, illegal_symbols, illegal count per class), computed once per grammar.
-
-    Grammar exposes them as properties that rebuild the tables on every access (~10 ms for
-    amb 40); a batch needs them 64 times.
-    """
-    hit = _TABLES.get(id(grammar))
-    if hit is None or hit[0] is not grammar:
-        illegal = np.asarray(grammar.illegal_symbols, dtype=bool)
-        hit = (grammar, np.asarray(grammar.symbol_of_class, dtype=np.int64), illegal, illegal.sum(1))
-        _TABLES.clear()  # one grammar per run: keep only the latest
-        _TABLES[id(grammar)] = hit
-    return hit[1], hit[2], hit[3]
+    """(symbol_of_class, illegal_symbols, illegal count per class) of a grammar (cached on the Grammar)."""
+    illegal = np.asarray(grammar.illegal_symbols, dtype=bool)
+    return np.asarray(grammar.symbol_of_class, dtype=np.int64), illegal, illegal.sum(1)
 
 
 def _sample_layout(classes: np.ndarray, rng: np.random.Generator, spec: InputSpec, split: str, illegal, n_illegal):
