@@ -12,7 +12,8 @@
 #
 # Knobs (environment):
 #   SLURM_FAKE_GPUS=1   fake GPUs on the node (gres/gpu; each a symlink to /dev/null)
-#   SLURM_CPUS          CPUs of the node (default: what `slurmd -C` reports)
+#   SLURM_CPUS          CPUs of the node (default: what `slurmd -C` reports); more than the host
+#                       has oversubscribes its cores (SlurmdParameters=config_overrides)
 #   SLURM_MEM_MB        RealMemory of the node (default: min(20000, 90% of the detected memory))
 #   SLURM_WAIT_S=60     how long `start` waits for the node to become idle
 #
@@ -116,8 +117,10 @@ if [ -z "$MEM" ]; then
   MEM="$(echo "$HW" | sed -nE 's/.*RealMemory=([0-9]+).*/\1/p')"
   MEM=$(( MEM * 9 / 10 )); [ "$MEM" -gt 20000 ] && MEM=20000
 fi
+OVERRIDES=""
 if [ -n "${SLURM_CPUS:-}" ]; then
   NODE_HW="CPUs=${SLURM_CPUS}"
+  OVERRIDES="SlurmdParameters=config_overrides"   # trust slurm.conf, not the hardware
 else  # copy the topology, else slurmd logs "Node reconfigured socket/core boundaries"
   NODE_HW="$(echo "$HW" | sed -E 's/^NodeName=[^ ]+ //; s/ ?RealMemory=[0-9]+//; s/ ?UpTime=.*//')"
 fi
@@ -146,6 +149,7 @@ MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 ReturnToService=2
+${OVERRIDES}
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
