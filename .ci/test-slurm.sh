@@ -3,7 +3,7 @@
 #
 #   .ci/test-slurm.sh            # as root; ~4-5 min on 2 cores; exit 0 = every check passed
 #
-# 1. starts a single-node SLURM with 2 fake GPUs (.ci/slurm-local.sh; installs Debian packages),
+# 1. starts a single-node SLURM with 3 fake GPUs (.ci/slurm-local.sh; installs Debian packages),
 # 2. copies the working tree (tracked + untracked, not ignored files: what a fresh clone holds)
 #    to a scratch directory and runs, from its root,
 #      snakemake --profile slurm --configfile config/ci-slurm.yaml
@@ -49,7 +49,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------------------ 1. SLURM
-SLURM_FAKE_GPUS=2 timeout 300 bash "$REPO/.ci/slurm-local.sh" start
+# 3 fake GPUs and 4 CPUs (on however many cores): the 3 trainings of the tiny config run at once
+GPUS=3
+SLURM_FAKE_GPUS=$GPUS SLURM_CPUS=4 timeout 300 bash "$REPO/.ci/slurm-local.sh" start
 : > /var/log/slurm/task-gpus.log   # the TaskProlog's record of what each task saw
 log "SLURM up"
 
@@ -77,27 +79,19 @@ timeout -k 15 480 snakemake --profile slurm --configfile config/ci-slurm.yaml \
   --slurm-init-seconds-before-status-checks 2 --slurm-keep-successful-logs > snakemake.log 2>&1 &
 SNAKE_PID=$!
 
-# stop the two long trainings as soon as each has started its loop
-cancelled="" preempted=""
+# once both long trainings are in their training loop: cancel one, preempt the other
 deadline=$(( $(date +%s) + 360 ))
-while [ -z "$cancelled" ] || [ -z "$preempted" ]; do
-  kill -0 "$SNAKE_PID" 2>/dev/null || break
+until started "$RUN1" && started "$RUN3" && job1=$(train_job task1) && job3=$(train_job task3) && [ -n "$job1" ] && [ -n "$job3" ]; do
+  kill -0 "$SNAKE_PID" 2>/dev/null || fail "snakemake ended before the long trainings ran (log: $RUN/snakemake.log)"
   [ "$(date +%s)" -lt "$deadline" ] || fail "the long trainings did not start within 6 min"
-  if [ -z "$cancelled" ] && started "$RUN3" && job=$(train_job task3) && [ -n "$job" ]; then
-    sleep 1
-    log "scancel $job (task3 training: SIGTERM, then CANCELLED; Snakemake must retry it)"
-    timeout 10 scancel "$job"; cancelled=$job
-  fi
-  if [ -z "$preempted" ] && started "$RUN1" && job=$(train_job task1) && [ -n "$job" ]; then
-    sleep 1
-    log "preempting $job (task1 training) with a job in partition urgent that needs both GPUs"
-    timeout 10 sbatch -Q -p urgent --gpus=2 -c 1 --mem 100 -t 1 -J urgent -o /dev/null --wrap 'sleep 2'
-    preempted=$job
-  fi
   sleep 0.5
 done
-[ -n "$cancelled" ] || fail "the task3 training was never seen running"
-[ -n "$preempted" ] || fail "the task1 training was never seen running"
+sleep 1
+log "scancel $job3 (task3 training: SIGTERM, job CANCELLED; Snakemake must retry it)"
+timeout 10 scancel "$job3"
+log "preempting $job1 (task1 training) by a job in partition urgent that needs all $GPUS GPUs"
+timeout 10 sbatch -Q -p urgent --gpus=$GPUS -c 1 --mem 100 -t 1 -J urgent -o /dev/null --wrap 'sleep 2'
+cancelled=$job3 preempted=$job1
 
 wait "$SNAKE_PID" && rc=0 || rc=$?
 SNAKE_PID=""

@@ -30,32 +30,20 @@ rule select_hyperparameters:
     input:
         "results/runs.parquet",
     output:
-        csv="results/tables/selection.csv",
-        md="results/tables/selection.md",
-        html=report(
-            "results/tables/selection.html",
-            caption="../report/selection.rst",
-            category="Tables",
-        ),
+        **table_output("selection"),
     log:
         "logs/select_hyperparameters.log",
-    params:
-        confidence=config["selection"]["confidence"],
     conda:
         CONDA_ENV
+    params:
+        confidence=config["selection"]["confidence"],
     script:
         "../scripts/select_hyperparameters.py"
 
 
 rule tabulate_taxonomy:
     output:
-        csv="results/tables/taxonomy.csv",
-        md="results/tables/taxonomy.md",
-        html=report(
-            "results/tables/taxonomy.html",
-            caption="../report/taxonomy.rst",
-            category="Tables",
-        ),
+        **table_output("taxonomy"),
     log:
         "logs/tabulate_taxonomy.log",
     conda:
@@ -66,13 +54,7 @@ rule tabulate_taxonomy:
 
 rule tabulate_parameter_counts:
     output:
-        csv="results/tables/parameter_counts.csv",
-        md="results/tables/parameter_counts.md",
-        html=report(
-            "results/tables/parameter_counts.html",
-            caption="../report/parameter_counts.rst",
-            category="Tables",
-        ),
+        **table_output("parameter_counts"),
     log:
         "logs/tabulate_parameter_counts.log",
     conda:
@@ -83,18 +65,9 @@ rule tabulate_parameter_counts:
 
 rule tabulate_grammars:
     input:
-        [
-            grid.GRAMMAR_FILE.format(amb=amb, seed=seed).replace(".txt", ".json")
-            for amb, seed in PLAN.grammars
-        ],
+        PLAN.grammar_summaries(),
     output:
-        csv="results/tables/grammars.csv",
-        md="results/tables/grammars.md",
-        html=report(
-            "results/tables/grammars.html",
-            caption="../report/grammars.rst",
-            category="Tables",
-        ),
+        **table_output("grammars"),
     log:
         "logs/tabulate_grammars.log",
     conda:

@@ -2,28 +2,24 @@
 import os
 import sys
 
-# Jobs run `python -m selectivbench` from this checkout, also inside the conda env of envs/
-# (which holds the dependencies, not the package): put src/ on the path of every job.
+# the package of this checkout (jobs get it through PYTHONPATH, see grid.use_checkout)
 SRC = os.path.normpath(os.path.join(str(workflow.current_basedir), "..", "..", "src"))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (SRC, os.environ.get("PYTHONPATH")) if p
-)
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
-# `python` in the rules is this interpreter, unless a conda env (--sdm conda) comes first.
-os.environ["PATH"] = os.pathsep.join(
-    (os.path.dirname(sys.executable), os.environ.get("PATH", ""))
-)
 
 from selectivbench.analysis import plan as grid
 from selectivbench.analysis.jobs import set_args, task_settings
 from selectivbench.analysis.workflow_config import check
 
+grid.use_checkout(SRC)
 CONDA_ENV = "../../envs/selectivbench.yaml"
-SCHEMA = os.path.join(str(workflow.current_basedir), "..", "schemas", "config.schema.yaml")
+SCHEMA = os.path.join(
+    str(workflow.current_basedir), "..", "schemas", "config.schema.yaml"
+)
 
 check(config, SCHEMA, registered=grid.registered_architectures)
 PLAN = grid.plan(config)
+EXTRA_SPLITS = config["test_splits"][1:]  # tested in the training job (--also-test)
 # the `--set` arguments shared by all runs of a task (the rules add their wildcards)
 TASK_SET_ARGS = {
     task: set_args(task_settings(config, task))
@@ -47,8 +43,37 @@ def per_attempt(kind, key):
     return lambda wildcards, attempt: base * attempt
 
 
-def figure_files(name):
-    return [f"results/figures/{name}.pdf", f"results/figures/{name}.png"]
+def figure_output(name, subcategory):
+    """PDF + PNG of a figure; the PNG goes into the report with its caption."""
+    return dict(
+        pdf=f"results/figures/{name}.pdf",
+        png=report(
+            f"results/figures/{name}.png",
+            caption=f"../report/{name}.rst",
+            category="Figures",
+            subcategory=subcategory,
+        ),
+    )
+
+
+def table_output(name):
+    return dict(
+        csv=f"results/tables/{name}.csv",
+        md=f"results/tables/{name}.md",
+        html=report(
+            f"results/tables/{name}.html",
+            caption=f"../report/{name}.rst",
+            category="Tables",
+        ),
+    )
+
+
+def also_test_args():
+    """`--also-test DATASET OUT` for every extra test split (shell text with placeholders)."""
+    return "".join(
+        f" --also-test $(dirname {{input.data_{s}}}) $(dirname {{output.test_{s}}})"
+        for s in EXTRA_SPLITS
+    )
 
 
 def final_targets():
@@ -56,7 +81,7 @@ def final_targets():
     figures += list(grid.figure_runs(config, PLAN))
     tables = ["taxonomy", "parameter_counts", "selection", "grammars"]
     return (
-        [f for name in figures for f in figure_files(name)]
+        [f"results/figures/{name}.{ext}" for name in figures for ext in ("pdf", "png")]
         + [f"results/tables/{name}.{ext}" for name in tables for ext in ("csv", "md")]
         + ["results/runs.parquet", "results/runs.csv"]
     )

@@ -6,7 +6,7 @@
 rule sample_grammar:
     output:
         txt=grid.GRAMMAR_FILE,
-        json=grid.GRAMMAR_FILE.replace(".txt", ".json"),
+        json=grid.GRAMMAR_SUMMARY,
     log:
         "logs/sample_grammar/amb{amb}_seed{seed}.log",
     conda:
@@ -23,27 +23,27 @@ rule materialize_dataset:
     input:
         grammar=grid.GRAMMAR_FILE,
     output:
-        meta=grid.DATA_DIR + "/meta.json",
-        classes=grid.DATA_DIR + "/classes.npy",
-        test=grid.DATA_DIR + "/test_classes.npy",
-        transitions=grid.DATA_DIR + "/transitions.txt",
+        meta=grid.DATA_FILES["meta.json"],
+        classes=grid.DATA_FILES["classes.npy"],
+        test=grid.DATA_FILES["test_classes.npy"],
+        transitions=grid.DATA_FILES["transitions.txt"],
     log:
         "logs/materialize_dataset/{split}/amb{amb}_seed{seed}.log",
     benchmark:
         "benchmarks/materialize_dataset/{split}/amb{amb}_seed{seed}.tsv"
-    params:
-        size=config["data"]["train_size"] + config["data"]["val_size"],
-        test_size=config["data"]["test_size"],
-        out=lambda wildcards, output: os.path.dirname(output.meta),
     conda:
         CONDA_ENV
     threads: config["resources"]["dataset"]["threads"]
     resources:
         mem_mb=per_attempt("dataset", "mem_mb"),
         runtime=per_attempt("dataset", "runtime"),
+    params:
+        # training samples + the validation samples after them (for hyper-parameter selection)
+        size=config["data"]["train_size"] + config["data"]["val_size"],
+        test_size=config["data"]["test_size"],
     shell:
         # the dataset must hold the grammar sampled by `sample_grammar` (same generator, same seed)
         "python -m selectivbench dataset --amb {wildcards.amb} --seed {wildcards.seed}"
         " --size {params.size} --test-split {wildcards.split} --test-size {params.test_size}"
-        " --workers {threads} --out {params.out} > {log} 2>&1"
+        " --workers {threads} --out $(dirname {output.meta}) > {log} 2>&1"
         " && cmp {input.grammar} {output.transitions} >> {log} 2>&1"

@@ -5,15 +5,13 @@
 
 rule evaluate_gap_generalization:
     input:
-        run=grid.RUN_DIR.replace("{task}", grid.GAP_SOURCE_TASK) + "/metrics.json",
-        data=grid.DATA_DIR + "/meta.json",
+        run=grid.with_task(grid.RUN_METRICS, grid.GAP_SOURCE_TASK),
+        data=grid.DATA_FILES["meta.json"],
     output:
-        metrics=grid.GAP_EVAL_DIR + "/metrics.json",
+        metrics=grid.GAP_EVAL_METRICS,
     log:
-        "logs/evaluate_gap_generalization/{split}/{arch}/" + grid.RUN_NAME + "_gap{gap}.log",
-    params:
-        attempts=1 + retries("evaluate"),
-        settings=GAP_SET_ARGS,
+        grid.GAP_EVAL_LOG,
+    retries: retries("evaluate")
     conda:
         CONDA_ENV
     threads: config["resources"]["evaluate"]["threads"]
@@ -21,7 +19,9 @@ rule evaluate_gap_generalization:
         gpu=config["resources"]["evaluate"]["gpu"],
         mem_mb=per_attempt("evaluate", "mem_mb"),
         runtime=per_attempt("evaluate", "runtime"),
-    retries: retries("evaluate")
+    params:
+        attempts=1 + retries("evaluate"),
+        settings=GAP_SET_ARGS,
     shell:
         "OMP_NUM_THREADS={threads} exec python -m selectivbench.analysis.jobs --attempts {params.attempts}"
         " evaluate --run $(dirname {input.run}) --dataset $(dirname {input.data})"

@@ -11,27 +11,15 @@ localrules:
     draw_training_curves,
 
 
-def figure_output(name, subcategory):
-    return dict(
-        pdf=f"results/figures/{name}.pdf",
-        png=report(
-            f"results/figures/{name}.png",
-            caption=f"../report/{name}.rst",
-            category="Figures",
-            subcategory=subcategory,
-        ),
-    )
-
-
 rule draw_task_illustration:
     output:
         **figure_output("task_illustration", "Tasks"),
     log:
         "logs/draw/task_illustration.log",
-    params:
-        **config["illustration"],
     conda:
         CONDA_ENV
+    params:
+        **config["illustration"],
     script:
         "../scripts/draw_figure.py"
 
@@ -56,10 +44,10 @@ rule draw_task1_model_size:
         **figure_output("task1_model_size", "Task 1"),
     log:
         "logs/draw/task1_model_size.log",
-    params:
-        amb=max(config["tasks"]["task1"]["amb"]) if "task1" in config["tasks"] else None,
     conda:
         CONDA_ENV
+    params:
+        amb=max(config["tasks"]["task1"]["amb"]) if "task1" in config["tasks"] else None,
     script:
         "../scripts/draw_figure.py"
 

@@ -4,27 +4,23 @@
 # the job's process to Python, so the scheduler's SIGTERM reaches the training loop.
 # A finished run is tested on the other test splits (held-out) in the same job (--also-test).
 
-EXTRA_SPLITS = config["test_splits"][1:]
-
 
 rule train_run:
     input:
-        data=grid.DATA_DIR.replace("{split}", PLAN.train_split) + "/meta.json",
         **{
-            f"data_{s}": grid.DATA_DIR.replace("{split}", s) + "/meta.json"
+            f"data_{s}": grid.with_split(grid.DATA_FILES["meta.json"], s)
             for s in EXTRA_SPLITS
         },
+        data=grid.with_split(grid.DATA_FILES["meta.json"], PLAN.train_split),
     output:
-        metrics=grid.RUN_DIR + "/metrics.json",
         **{
-            f"test_{s}": grid.SPLIT_EVAL_DIR.replace("{split}", s) + "/metrics.json"
+            f"test_{s}": grid.with_split(grid.SPLIT_EVAL_METRICS, s)
             for s in EXTRA_SPLITS
         },
+        metrics=grid.RUN_METRICS,
     log:
-        "logs/train_run/{task}/{arch}/" + grid.RUN_NAME + ".log",
-    params:
-        attempts=1 + retries("train"),
-        settings=lambda wildcards: TASK_SET_ARGS[wildcards.task],
+        grid.RUN_LOG,
+    retries: retries("train")
     conda:
         CONDA_ENV
     threads: config["resources"]["train"]["threads"]
@@ -32,15 +28,13 @@ rule train_run:
         gpu=config["resources"]["train"]["gpu"],
         mem_mb=per_attempt("train", "mem_mb"),
         runtime=per_attempt("train", "runtime"),
-    retries: retries("train")
+    params:
+        attempts=1 + retries("train"),
+        settings=lambda wildcards: TASK_SET_ARGS[wildcards.task],
     shell:
-        "OMP_NUM_THREADS={threads} exec python -m selectivbench.analysis.jobs"
-        " --attempts {params.attempts}"
-        + "".join(
-            f" --also-test $(dirname {{input.data_{s}}}) $(dirname {{output.test_{s}}})"
-            for s in EXTRA_SPLITS
-        )
-        + " train --dataset $(dirname {input.data}) --out $(dirname {output.metrics})"
+        f"OMP_NUM_THREADS={{threads}} exec python -m selectivbench.analysis.jobs"
+        f" --attempts {{params.attempts}}{also_test_args()}"
+        " train --dataset $(dirname {input.data}) --out $(dirname {output.metrics})"
         " --set task={wildcards.task} --set arch={wildcards.arch} --set feat_size={wildcards.feat}"
         " --set lr={wildcards.lr} --set warmup={wildcards.warmup} --set seed={wildcards.seed}"
         " {params.settings} >> {log} 2>&1"

@@ -20,7 +20,17 @@ RUN_DIR = "results/runs/{task}/{arch}/" + RUN_NAME
 GAP_EVAL_DIR = "results/evals/task4/{split}/{arch}/" + RUN_NAME + "_gap{gap}"
 SPLIT_EVAL_DIR = "results/evals/{task}/{split}/{arch}/" + RUN_NAME
 DATA_DIR = "results/data/{split}/amb{amb}_seed{seed}"
+
+# the files the rules declare (the rules only name these; no path arithmetic in the Snakefile)
+RUN_METRICS = RUN_DIR + "/metrics.json"
+GAP_EVAL_METRICS = GAP_EVAL_DIR + "/metrics.json"
+SPLIT_EVAL_METRICS = SPLIT_EVAL_DIR + "/metrics.json"
+DATA_FILES = {name: f"{DATA_DIR}/{name}" for name in ("meta.json", "classes.npy", "test_classes.npy", "transitions.txt")}
+RUN_LOG = "logs/train_run/{task}/{arch}/" + RUN_NAME + ".log"
+GAP_EVAL_LOG = "logs/evaluate_gap_generalization/{split}/{arch}/" + RUN_NAME + "_gap{gap}.log"
+
 GRAMMAR_FILE = "results/grammars/amb{amb}_seed{seed}.txt"
+GRAMMAR_SUMMARY = "results/grammars/amb{amb}_seed{seed}.json"
 
 # Regexes for the wildcards above: specific enough that every path matches one rule only,
 # and cheap to match (the paper DAG has ~15 000 jobs).
@@ -35,6 +45,15 @@ WILDCARD_CONSTRAINTS = {
     "gap": r"[0-9.]+",
     "split": "|".join(TEST_SPLITS),
 }
+
+
+def with_split(template: str, split: str) -> str:
+    """A template with the test split fixed (the other wildcards stay)."""
+    return template.replace("{split}", split)
+
+
+def with_task(template: str, task: str) -> str:
+    return template.replace("{task}", task)
 
 
 def fmt(x: float | int) -> str:
@@ -94,6 +113,9 @@ class Plan:
 
     def run_metrics(self) -> list[str]:
         return [f"{r.dir}/metrics.json" for r in self.runs if not r.skipped]
+
+    def grammar_summaries(self) -> list[str]:
+        return [GRAMMAR_SUMMARY.format(amb=amb, seed=seed) for amb, seed in self.grammars]
 
     def evaluation_metrics(self) -> list[str]:
         return [f"{e.dir}/metrics.json" for e in self.evaluations if not e.skipped]
@@ -164,6 +186,21 @@ def registry_model_width(arch: str, feat: int) -> int | None:
 
 
 _loaded_plugins: set[str] = set()
+
+
+def use_checkout(src: str) -> None:
+    """Make every job of the workflow run this checkout's package with this interpreter.
+
+    The rules call `python -m selectivbench ...`; the conda env of envs/ holds the dependencies,
+    not the package, so src/ goes on PYTHONPATH. `python` is the interpreter running Snakemake
+    unless a conda env (--sdm conda) is activated in front of it. Jobs inherit the environment
+    (also on SLURM, where each job re-reads the Snakefile).
+    """
+    import os
+    import sys
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
 
 
 def registered_architectures(config: dict) -> list[str]:

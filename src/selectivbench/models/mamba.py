@@ -11,12 +11,14 @@ Kernel layout (time-major, like the layer's projections): ``u, delta (B, T, D)``
 Why the chunked kernel is not the masked quadratic form of §3.6 option 1: the decay depends
 on (t, channel, state), so the quadratic form needs C_s/2 times more exp/mul work than the
 scan and a (B, C_s, C_s, D, N) tensor; measured on CPU (d 256, B 8, T 400, fwd+bwd) it was
-3x (C_s = 4) to 20x (C_s = 16) *slower* than the naive loop. What makes the naive loop slow is autograd: it keeps every
-h_t (a (B, T, D, N) tensor: 3.4 GB at d 256, B 64, T 400, N 64) and replays T small steps.
-`chunk_selective_scan` therefore runs the same exact step recurrence on cache-sized
-(B, D, N) buffers without autograd, stores only the states entering each chunk of
-`chunk_size` steps, and in backward recomputes one chunk's states at a time and runs the
-adjoint (reverse) recurrence by hand. Memory: (B, T/C_s, D, N) + one (B, C_s, D, N) buffer.
+3x (C_s = 4) to 20x (C_s = 16) *slower* than the naive loop. What makes the naive loop slow
+is autograd: it keeps every h_t (a (B, T, D, N) tensor: 3.4 GB at d 256, B 64, T 400, N 64)
+and replays T small steps. `chunk_selective_scan` runs the same exact recurrence without
+autograd, stores only the states entering each chunk of `chunk_size` steps, and in backward
+recomputes one chunk's states at a time and runs the adjoint (reverse) recurrence by hand.
+Memory: (B, T/C_s, N, D) saved states + one chunk of states in backward. Two backends:
+"step" (CPU default): in-place ops on cache-sized (B, N, D) buffers, one step at a time;
+"block" (CUDA default): 16-step blocks fused by torch.compile (see the block section).
 """
 
 from __future__ import annotations

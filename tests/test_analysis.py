@@ -1,0 +1,297 @@
+"""Planning, config validation, aggregation, selection, tables and figures of the workflow.
+
+The aggregation tests write per-run directories (metrics.json, evals.csv, as `selectivbench
+train` writes them) with chosen accuracies, so the expected selection is known exactly.
+"""
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from selectivbench.analysis import aggregate, figures, plan, select, tables
+from selectivbench.analysis.workflow_config import ConfigError, check
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+QUICK = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+PAPER_ARCHS = ["mamba", "mamba2", "gla", "delta_net", "gated_delta_net", "gated_delta_product", "transformer"]
+
+
+def transformer_skips_960(arch, feat):
+    """Spec §10.3: only the transformer skips a size (960)."""
+    return None if (arch == "transformer" and feat == 960) else feat
+
+
+def validated(config):
+    return check(copy.deepcopy(config), SCHEMA)
+
+
+# --- the grid ------------------------------------------------------------------------------
+
+
+def test_paper_grid_matches_spec_section_9():
+    p = plan.plan(validated(PAPER), model_width=transformer_skips_960)
+    by_task = {t: [r for r in p.runs if r.task == t] for t in plan.TRAIN_TASKS}
+    # spec §9 run counts, skipped transformer@960 included
+    assert len(by_task["task1"]) == 7 * 9 * 7 * 4 * 3 * 2 == 10584
+    assert len(by_task["task2"]) == 1512 and len(by_task["task3"]) == 1344
+    assert sum(r.skipped for r in p.runs) == (7 + 1 + 1) * 4 * 3 * 2  # transformer@960 in 7+1+1 (task, amb) slices
+    assert all(r.arch == "transformer" and r.feat == 960 for r in p.runs if r.skipped)
+    figs = plan.figure_runs(PAPER, p)
+    assert len(figs["task1_model_size"]) == 1512  # the amb-40 slice of Task 1 (spec §9 note)
+    gap = figs["task4_gap_generalization"]
+    # 448 reference evaluations (model, feat, lr, seed, test_dur) x 2 warmups (§15.7) x 2 test splits
+    assert len(gap) == 448 * 2 * 2
+    assert {e.run.task for e in gap} == {"task2"} and {e.test_gap for e in gap} == {1.0, 2.0, 5.0, 10.0}
+    assert len(p.datasets) == 7 * 4 * 2 and len(p.grammars) == 28  # amb 40 shared by all tasks
+
+
+def test_paths_and_formatting():
+    r = plan.Run("task2", "gla", 256, 40, 5e-4, 476, 3)
+    assert r.dir == "results/runs/task2/gla/feat256_amb40_lr0.0005_wu476_seed3"
+    e = plan.Evaluation("task4", r, "heldout", 10.0)
+    assert e.dir == "results/evals/task4/heldout/gla/feat256_amb40_lr0.0005_wu476_seed3_gap10"
+    assert plan.Evaluation("task2", r, "heldout").dir == "results/evals/task2/heldout/gla/feat256_amb40_lr0.0005_wu476_seed3"
+    assert [plan.fmt(x) for x in (1e-3, 2e-3, 0.5, 1000, 2.0)] == ["0.001", "0.002", "0.5", "1000", "2"]
+
+
+# --- config validation names the key ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["tasks"]["task1"].update(lr=["5e-4"]), "tasks.task1.lr[0]"),  # YAML reads 5e-4 as a string
+        (lambda c: c["tasks"]["task2"].update(feat=[0]), "tasks.task2.feat[0]"),
+        (lambda c: c.update(seeds=[0]), "seeds[0]"),
+        (lambda c: c.update(test_splits=["heldout", "random"]), "test_splits[1]"),
+        (lambda c: c["data"].pop("train_size"), "data"),
+        (lambda c: c.update(sedes=[1]), "<top level>"),
+        (lambda c: c["resources"]["train"].update(retries=-1), "resources.train.retries"),
+        (lambda c: c["tasks"]["task4"].update(feat=[999]), "tasks.task4.feat[0]"),
+        (lambda c: c["train"].update(seed=3), "train.seed"),
+        (lambda c: c["train"].update(layres=2), "'train'"),
+        (lambda c: c["tasks"]["task3"].update(set={"noise": -1}), "'train' + 'tasks.task3.set'"),
+        (lambda c: c.update(plugins=["tests/no_such_file.py"]), "plugins[0]"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(edit, key):
+    config = copy.deepcopy(QUICK)
+    edit(config)
+    with pytest.raises(ConfigError) as err:
+        check(config, SCHEMA, registered=lambda c: PAPER_ARCHS)
+    assert f"config key {key}" in str(err.value) or f"config key '{key}'" in str(err.value)
+
+
+def test_unknown_architecture_is_named_with_the_registered_ones():
+    config = copy.deepcopy(QUICK)
+    config["architectures"] = ["gla", "mamba3"]
+    with pytest.raises(ConfigError, match=r"architectures\[1\]': unknown architecture 'mamba3'; registered: .*gla"):
+        check(config, SCHEMA, registered=plan.registered_architectures)
+
+
+def test_defaults_are_filled_and_shared_defaults_are_copies():
+    config = {"architectures": ["gla"], "seeds": [1], "data": {"train_size": 8},
+              "tasks": {"task1": {"amb": [3], "feat": [8], "lr": [0.001], "warmup": [1]}}}
+    check(config, SCHEMA)
+    assert config["test_splits"] == ["faithful"] and config["plugins"] == []
+    assert config["data"] == {"train_size": 8, "val_size": 1000, "test_size": 1000}
+    assert config["resources"]["train"] == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0, "retries": 0}
+    assert config["selection"]["confidence"] == 0.95
+    config["train"]["x"] = 1
+    assert "x" not in config["tasks"]["task1"]["set"]
+
+
+def test_paper_config_sets_every_key_of_the_quick_config():
+    """Snakemake merges --configfile over config/config.yaml: nothing of the quick setting may leak."""
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k not in ("train", "set"):
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    assert keys(QUICK) <= keys(PAPER)
+    assert set(QUICK["train"]) <= set(PAPER["train"])  # train keys are merged key by key
+
+
+# --- selection -------------------------------------------------------------------------------
+
+
+def test_t_quantiles_match_tables():
+    for p, df, expected in [(0.975, 1, 12.7062), (0.975, 3, 3.1824), (0.975, 9, 2.2622), (0.95, 4, 2.1318)]:
+        assert select.t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_mean_ci():
+    mean, half, n = select.mean_ci([0.5, 0.6, 0.7, math.nan, None])
+    assert (mean, n) == (pytest.approx(0.6), 3)
+    assert half == pytest.approx(4.3027 * 0.1 / math.sqrt(3), abs=1e-4)  # t(0.975, 2) = 4.3027
+    assert select.mean_ci([0.4])[1] != select.mean_ci([0.4])[1]  # one seed: no interval (NaN)
+
+
+def runs_frame(rows):
+    base = dict(kind="train", task="task1", arch="gla", feat=256, amb=40, test_split="faithful", test_gap=math.nan,
+                status="completed", val_acc=math.nan, num_parameters=4722000)
+    return pd.DataFrame([{**base, **r} for r in rows]).reindex(columns=aggregate.COLUMNS)
+
+
+def test_selection_uses_validation_and_keeps_the_authors_rule():
+    rows = []
+    for seed, (va, ta, vb, tb) in enumerate([(0.9, 0.70, 0.8, 0.75), (0.8, 0.60, 0.7, 0.80)], start=1):
+        rows += [dict(lr=1e-3, warmup=476, seed=seed, val_acc=va, test_acc=ta),
+                 dict(lr=2e-3, warmup=476, seed=seed, val_acc=vb, test_acc=tb)]
+    sel = select.select(runs_frame(rows)).iloc[0]
+    assert sel["selected_by"] == select.VAL_RULE
+    assert (sel["lr"], sel["test_mean"]) == (1e-3, pytest.approx(0.65))  # best validation
+    assert sel["test_ci"] == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), abs=1e-3)
+    assert (sel["lr_authors"], sel["test_mean_authors"]) == (2e-3, pytest.approx(0.775))  # best test
+
+
+def test_selection_falls_back_and_counts_failed_and_diverged_runs():
+    rows = [dict(lr=1e-3, warmup=476, seed=1, test_acc=0.5), dict(lr=1e-3, warmup=476, seed=2, test_acc=0.7),
+            dict(lr=2e-3, warmup=476, seed=1, test_acc=0.9, status="diverged"),
+            dict(lr=2e-3, warmup=476, seed=2, test_acc=math.nan, status="failed")]
+    sel = select.select(runs_frame(rows)).iloc[0]
+    assert sel["selected_by"] == select.FALLBACK_RULE
+    assert (sel["lr"], sel["test_mean"], sel["n_ok"]) == (2e-3, pytest.approx(0.9), 1)  # the failed seed is not averaged
+    assert (sel["n_diverged"], sel["n_failed"], sel["n_runs"]) == (1, 1, 4)
+
+
+def test_selection_keeps_groups_where_nothing_finished():
+    rows = [dict(arch="transformer", feat=960, lr=1e-3, warmup=476, seed=1, status="skipped", test_acc=math.nan),
+            dict(arch="mamba", feat=256, lr=1e-3, warmup=476, seed=1, status="failed", test_acc=math.nan)]
+    sel = select.select(runs_frame(rows)).set_index("arch")
+    assert sel.loc["transformer", "selected_by"] == "skipped"
+    assert sel.loc["mamba", "selected_by"] == "none (no finished run)" and sel.loc["mamba", "n_failed"] == 1
+
+
+# --- aggregation of real run directories ----------------------------------------------------------
+
+
+def tiny_config(**over):
+    config = {"architectures": ["gla", "transformer"], "seeds": [1, 2], "test_splits": ["faithful", "heldout"],
+              "data": {"train_size": 8},
+              "tasks": {"task2": {"amb": [3], "feat": [8, 960], "lr": [0.001], "warmup": [1]},
+                        "task4": {"feat": [8], "lr": [0.001], "warmup": [1], "test_gap": [2]}}}
+    config.update(over)
+    return check(config, SCHEMA)
+
+
+def write_run(run_dir: Path, metrics: dict, curve: list[float] | None = None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    if curve:
+        pd.DataFrame({"eval": range(len(curve)), "samples": [64 * (i + 1) for i in range(len(curve))], "test_acc": curve}).to_csv(
+            run_dir / "evals.csv", index=False)
+
+
+def test_aggregate_keeps_every_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = plan.plan(tiny_config(), model_width=transformer_skips_960)
+    live = [r for r in p.runs if not r.skipped]
+    for i, r in enumerate(live):
+        if r.arch == "gla" and r.seed == 2:
+            write_run(Path(r.dir), {"status": "failed", "error": "CUDA out of memory"})
+            continue
+        if r.arch == "transformer" and r.seed == 2:
+            continue  # never ran: "missing"
+        write_run(Path(r.dir), {"status": "completed", "final_test_acc": 0.5 + i / 100, "val_acc": 0.4, "num_parameters": 1000 + i,
+                                "wall_s": 3600.0, "device": "NVIDIA H100", "config_hash": f"h{i}",
+                                "dataset": {"grammar": "abc"}}, curve=[0.1, 0.3])
+    for e in p.evaluations:
+        if Path(e.run.dir, "metrics.json").exists() and "failed" not in Path(e.run.dir, "metrics.json").read_text():
+            write_run(Path(e.dir), {"test_acc": 0.25, "test_gap": e.test_gap, "wall_s": 7.0, "device": "cpu (1 threads)", "run_status": "completed"})
+    df = aggregate.results_table(p)
+    assert len(df) == len(p.runs) + len(p.evaluations)
+    status = df[df.kind == "train"].groupby(["arch", "feat", "seed"])["status"].first()
+    assert status[("transformer", 960, 1)] == "skipped" and status[("gla", 8, 2)] == "failed"
+    assert status[("transformer", 8, 2)] == "missing" and status[("gla", 8, 1)] == "completed"
+    done = df[(df.kind == "train") & (df.status == "completed")].iloc[0]
+    assert done["gpu_hours"] == pytest.approx(1.0) and done["grammar"] == "abc"
+    gap = df[(df.task == "task4") & (df.status == "completed")]
+    assert len(gap) and (gap["val_acc"] == 0.4).all() and (gap["test_gap"] == 2.0).all()  # inherits the run's val_acc
+    assert (gap["gpu_hours"] == 0).all()  # CPU time is not GPU time
+    heldout = df[(df.kind == "evaluate") & (df.task == "task2")]
+    assert set(heldout["test_split"]) == {"heldout"}
+    curves = aggregate.training_curves(p)
+    assert set(curves["arch"]) == {"gla", "transformer"} and len(curves) == 3 * 2  # gla@8, gla@960, transformer@8 (seed 1)
+    out = tmp_path / "runs.parquet"
+    aggregate.write_results(p, str(out), str(tmp_path / "runs.csv"), str(tmp_path / "curves.parquet"))
+    assert pd.read_parquet(out).shape == df.shape
+
+
+# --- tables and figures -----------------------------------------------------------------------------
+
+
+def test_taxonomy_covers_the_paper_architectures():
+    tax = tables.taxonomy_table(PAPER_ARCHS + ["toy_ema"], {"toy_ema": "data-gated EMA"})
+    assert list(tax["arch"]) == PAPER_ARCHS + ["toy_ema"]
+    row = tax.set_index("arch").loc["delta_net"]
+    assert row["in-state channel mixing"] == "yes" and row["fast forgetting"] == "no decay gate"
+    assert tax.set_index("arch").loc["toy_ema", "model"] == "data-gated EMA"
+
+
+def test_parameter_counts_match_spec_section_10_4():
+    counts = tables.parameter_counts(["gla", "transformer"], [256, 960], amb=40).set_index(["arch", "feat"])
+    assert counts.loc[("gla", 256), "params_M"] == pytest.approx(4.722, abs=1e-3)
+    assert counts.loc[("gla", 960), "params_M"] == pytest.approx(60.955, abs=1e-3)
+    assert math.isnan(counts.loc[("transformer", 960), "params_M"])
+    wide = tables.parameter_table(counts.reset_index())
+    assert wide.set_index("feat").loc[960, "transformer"] == "—"
+
+
+def test_markdown_table():
+    md = tables.to_markdown(pd.DataFrame({"a": [1, 2], "b": [0.5, math.nan], "c": ["x|y", None]}))
+    assert md.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1 | 0.5000 | x\\|y |", "| 2 | — | — |"]
+
+
+def is_png(path):
+    return Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def is_pdf(path):
+    return Path(path).read_bytes()[:5] == b"%PDF-"
+
+
+def test_accuracy_figures_from_a_selection(tmp_path):
+    rows = []
+    for task, amb_list in (("task1", [20, 40]), ("task2", [40])):
+        for arch in ("gla", "mamba"):
+            for amb in amb_list:
+                for feat in (256, 512):
+                    status = "failed" if (arch == "mamba" and feat == 512) else "completed"
+                    for seed in (1, 2):
+                        acc = math.nan if status == "failed" else 0.3 + feat / 2000 + seed / 100
+                        rows.append(dict(task=task, arch=arch, amb=amb, feat=feat, lr=1e-3, warmup=476, seed=seed,
+                                         status=status, test_acc=acc, num_parameters=feat * 1000))
+    sel = select.select(runs_frame(rows))
+    assert (sel["selected_by"] == "none (no finished run)").sum() == 3  # drawn as red × at 0
+    figures.accuracy_vs_ambiguity(sel, str(tmp_path / "a.pdf"), str(tmp_path / "a.png"))
+    figures.accuracy_vs_size(sel, "task2", str(tmp_path / "b.pdf"), str(tmp_path / "b.png"), "Task 2")
+    figures.accuracy_vs_gap(sel, str(tmp_path / "c.pdf"), str(tmp_path / "c.png"))  # no Task 4 rows: a placeholder
+    for name in "abc":
+        assert is_pdf(tmp_path / f"{name}.pdf") and is_png(tmp_path / f"{name}.png")
+
+
+def test_task_illustration(tmp_path):
+    figures.task_illustration(str(tmp_path / "t.pdf"), str(tmp_path / "t.png"), amb=3, seed=1, elements=8)
+    assert is_pdf(tmp_path / "t.pdf") and is_png(tmp_path / "t.png")
+
+
+def test_grammar_files(tmp_path):
+    summary = tables.write_grammar(4, 1, str(tmp_path / "g.txt"), str(tmp_path / "g.json"))
+    assert summary["num_classes"] == 4 * 4 + 1 and summary["vocab"] == 5
+    import hashlib
+
+    assert hashlib.md5((tmp_path / "g.txt").read_bytes()).hexdigest()[:12] == summary["fingerprint"]  # spec §14
+    assert tables.grammar_table([str(tmp_path / "g.json")]).iloc[0]["fingerprint"] == summary["fingerprint"]
