@@ -75,7 +75,7 @@ started() { grep -q "parameters |" "$1/train.log" 2>/dev/null; }
 # ------------------------------------------------------------------------------ 3. the run
 # The CI-only flags: the first status check after 2 s instead of 40 s, and keep the SLURM logs.
 log "snakemake --profile slurm --configfile config/ci-slurm.yaml"
-timeout -k 15 480 snakemake --profile slurm --configfile config/ci-slurm.yaml \
+timeout -k 15 600 snakemake --profile slurm --configfile config/ci-slurm.yaml \
   --slurm-init-seconds-before-status-checks 2 --slurm-keep-successful-logs > snakemake.log 2>&1 &
 SNAKE_PID=$!
 
