@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectivbench.models.layers import GatedRMSNorm, ShortConv, pad_time
+from selectivbench.models.layers import GatedRMSNorm, ShortConv, pad_time, segsum_decay
 from selectivbench.models.registry import Mixer, register
 
 SUB_CHUNK = 16  # rows per secondary chunk (fla's BC); chunk sizes must be multiples of it
@@ -114,22 +114,6 @@ def _intra_chunk_scores(q, k, G, dtype) -> torch.Tensor:
     return A + F.pad(A_off.reshape(*lead, C - c, C - c), (0, c, c, 0))
 
 
-def _segsum_decay(x: torch.Tensor) -> torch.Tensor:
-    """out[..., i, j] = exp(Σ_{j<s<=i} x_s) for j <= i, 0 for j > i; x (..., n) -> (..., n, n).
-
-    The segment sums are a masked cumsum of the raw values (mamba's ssd_minimal `segsum`),
-    not a difference of cumsums, so they stay exact when the decays are large (pitfall P3).
-    Above the diagonal the masked cumsum is 0, so exp never sees a positive exponent there
-    (pitfall P1) and the entries are zeroed after exp (masking with −inf instead would hit
-    exp's slow path on x86 CPUs).
-    """
-    n = x.shape[-1]
-    lower = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-    strict = lower.tril(-1)
-    segsum = x.unsqueeze(-1).expand(*x.shape, n).masked_fill(~strict, 0).cumsum(-2)
-    return segsum.exp().masked_fill(~lower, 0)
-
-
 def _chunk_entry_states(dS: torch.Tensor, chunk_log_decay: torch.Tensor) -> torch.Tensor:
     """States entering each chunk: S_n = Σ_{m<n} Diag(exp(Σ_{m<r<n} c_r)) ΔS_m, S_0 = 0.
 
@@ -147,7 +131,7 @@ def _chunk_entry_states(dS: torch.Tensor, chunk_log_decay: torch.Tensor) -> torc
         c = chunk_log_decay[:, :, n0 : n0 + MAX_PARALLEL_CHUNKS].transpose(-1, -2)  # (B, H, K, n)
         # the block's incoming state sits at index 0 with a zero decay before it: row z of the
         # (n+1) × (n+1) weights gives the state after z chunks of the block
-        weights = _segsum_decay(F.pad(c, (1, 0)))  # [z, m] = exp(Σ_{m<s<=z} c'_s)
+        weights = segsum_decay(F.pad(c, (1, 0)))  # [z, m] = exp(Σ_{m<s<=z} c'_s)
         states = torch.cat([S.unsqueeze(2), dS[:, :, n0 : n0 + MAX_PARALLEL_CHUNKS]], dim=2)
         states = torch.einsum("bhkzm,bhmkv->bhzkv", weights, states)
         entry_states.append(states[:, :, :-1])

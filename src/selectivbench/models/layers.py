@@ -61,3 +61,19 @@ def pad_time(x: torch.Tensor, multiple: int, dim: int = 1) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = pad
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def segsum_decay(x: torch.Tensor) -> torch.Tensor:
+    """out[..., i, j] = exp(Σ_{j<s<=i} x_s) for j <= i, 0 for j > i; x (..., n) -> (..., n, n).
+
+    The segment sums are a masked cumsum of the raw values (mamba's ssd_minimal `segsum`),
+    not a difference of cumsums, so they stay exact when the decays are large (pitfall P3).
+    Above the diagonal the masked cumsum is 0, so exp never sees a positive exponent there
+    (pitfall P1) and the entries are zeroed after exp (masking with −inf instead would hit
+    exp's slow path on x86 CPUs).
+    """
+    n = x.shape[-1]
+    lower = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+    strict = lower.tril(-1)
+    segsum = x.unsqueeze(-1).expand(*x.shape, n).masked_fill(~strict, 0).cumsum(-2)
+    return segsum.exp().masked_fill(~lower, 0)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectivbench.models.layers import RMSNorm, ShortConv, pad_time
+from selectivbench.models.layers import RMSNorm, ShortConv, pad_time, segsum_decay
 from selectivbench.models.registry import Mixer, register
 
 
@@ -34,22 +34,6 @@ def naive_ssd(x, a, B, C) -> torch.Tensor:
         h = h * a[:, :, t, None, None].exp() + x[:, :, t].unsqueeze(-1) * B[:, :, t].unsqueeze(-2)
         out.append((h * C[:, :, t].unsqueeze(-2)).sum(-1))
     return torch.stack(out, dim=2)
-
-
-def _segsum_decay(x: torch.Tensor) -> torch.Tensor:
-    """out[..., i, j] = exp(Σ_{j<s<=i} x_s) for j <= i, 0 for j > i; x (..., n) -> (..., n, n).
-
-    The segment sums are a masked cumsum of the raw values (mamba's ssd_minimal `segsum`),
-    not a difference of cumsums, so they stay exact when the decays are large (pitfall P3).
-    Above the diagonal the masked cumsum is 0, so exp never sees a positive exponent there
-    (pitfall P1) and the entries are zeroed after exp (masking with −inf instead would hit
-    exp's slow path on x86 CPUs).
-    """
-    n = x.shape[-1]
-    lower = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-    strict = lower.tril(-1)
-    segsum = x.unsqueeze(-1).expand(*x.shape, n).masked_fill(~strict, 0).cumsum(-2)
-    return segsum.exp().masked_fill(~lower, 0)
 
 
 def chunk_ssd(x, a, B, C, chunk_size: int = 64) -> torch.Tensor:
@@ -75,7 +59,7 @@ def chunk_ssd(x, a, B, C, chunk_size: int = 64) -> torch.Tensor:
 
     # intra-chunk: (C Bᵀ ⊙ Γ) X, Γ_ij = exp(b_i − b_j) for i >= j
     CB = (C @ B.transpose(-1, -2)).float()  # (b, G, nc, L, L): once per group, not per head
-    decay = _segsum_decay(a)  # (b, H, nc, L, L)
+    decay = segsum_decay(a)  # (b, H, nc, L, L)
     y = (CB * decay).to(dtype) @ x
 
     # chunk states: S_m = Σ_i exp(b_L − b_i) x_i B_iᵀ, shape (b, H, nc, P, N)
@@ -83,7 +67,7 @@ def chunk_ssd(x, a, B, C, chunk_size: int = 64) -> torch.Tensor:
     dS = (x_to_end.transpose(-1, -2) @ B).float()
     # state entering chunk n: Σ_{m<n} exp(Σ_{m<r<n} c_r) S_m, c = chunk totals, one matmul
     c = F.pad(a_cum[..., -1], (1, 0))  # c_{s-1} at index s
-    weights = _segsum_decay(c)[..., :-1, 1:]  # (b, H, nc, nc), 0 for m >= n
+    weights = segsum_decay(c)[..., :-1, 1:]  # (b, H, nc, nc), 0 for m >= n
     S = (weights @ dS.flatten(-2)).view(b, H, nc, P, N)
 
     # inter-chunk read-out: exp(b_i) C_i S_n
