@@ -146,7 +146,9 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
+# pgid, not linuxproc: linuxproc follows parent links, so a process whose parent died first
+# (the batch shell on SIGTERM) escapes the final SIGKILL and lives on after the job
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 ReturnToService=2
 ${OVERRIDES}

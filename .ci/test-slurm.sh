@@ -35,9 +35,17 @@ python -c "import snakemake_executor_plugin_slurm" 2>/dev/null || fail "snakemak
 WORK="${SLURM_TEST_DIR:-$(mktemp -d /tmp/selectivbench-slurm.XXXXXX)}"
 RUN="$WORK/repo"
 SNAKE_PID=""
+stop_snakemake() {  # SNAKE_PID is `timeout`; snakemake is its child
+  [ -n "$SNAKE_PID" ] && kill -0 "$SNAKE_PID" 2>/dev/null || return 0
+  local child i
+  child="$(pgrep -P "$SNAKE_PID" || true)"
+  kill -INT $child 2>/dev/null || true   # on SIGINT snakemake cancels its SLURM jobs and exits
+  for i in $(seq 1 30); do kill -0 "$SNAKE_PID" 2>/dev/null || return 0; sleep 1; done
+  kill -KILL $child "$SNAKE_PID" 2>/dev/null || true
+}
 cleanup() {
   local rc=$?
-  if [ -n "$SNAKE_PID" ] && kill -0 "$SNAKE_PID" 2>/dev/null; then kill -INT "$SNAKE_PID" 2>/dev/null || true; sleep 2; kill -KILL "$SNAKE_PID" 2>/dev/null || true; fi
+  stop_snakemake
   if [ "$rc" != 0 ] && [ -f "$RUN/snakemake.log" ]; then
     echo "---- last lines of $RUN/snakemake.log" >&2; tail -n 40 "$RUN/snakemake.log" >&2
   fi
@@ -79,19 +87,23 @@ timeout -k 15 600 snakemake --profile slurm --configfile config/ci-slurm.yaml \
   --slurm-init-seconds-before-status-checks 2 --slurm-keep-successful-logs > snakemake.log 2>&1 &
 SNAKE_PID=$!
 
-# once both long trainings are in their training loop: cancel one, preempt the other
+# stop each long training as soon as its training loop runs (the other may still be starting)
+cancelled="" preempted=""
 deadline=$(( $(date +%s) + 360 ))
-until started "$RUN1" && started "$RUN3" && job1=$(train_job task1) && job3=$(train_job task3) && [ -n "$job1" ] && [ -n "$job3" ]; do
-  kill -0 "$SNAKE_PID" 2>/dev/null || fail "snakemake ended before the long trainings ran (log: $RUN/snakemake.log)"
+while [ -z "$cancelled" ] || [ -z "$preempted" ]; do
+  kill -0 "$SNAKE_PID" 2>/dev/null || fail "snakemake ended before both long trainings were stopped (log: $RUN/snakemake.log)"
   [ "$(date +%s)" -lt "$deadline" ] || fail "the long trainings did not start within 6 min"
+  if [ -z "$cancelled" ] && started "$RUN3" && job=$(train_job task3) && [ -n "$job" ]; then
+    log "scancel $job (task3 training: SIGTERM, job CANCELLED; Snakemake must retry it)"
+    timeout 10 scancel "$job"; cancelled=$job
+  fi
+  if [ -z "$preempted" ] && started "$RUN1" && job=$(train_job task1) && [ -n "$job" ]; then
+    log "preempting $job (task1 training) by a job in partition urgent that needs all $GPUS GPUs"
+    timeout 10 sbatch -Q -p urgent --gpus=$GPUS -c 1 --mem 100 -t 1 -J urgent -o /dev/null --wrap 'sleep 2'
+    preempted=$job
+  fi
   sleep 0.5
 done
-sleep 1
-log "scancel $job3 (task3 training: SIGTERM, job CANCELLED; Snakemake must retry it)"
-timeout 10 scancel "$job3"
-log "preempting $job1 (task1 training) by a job in partition urgent that needs all $GPUS GPUs"
-timeout 10 sbatch -Q -p urgent --gpus=$GPUS -c 1 --mem 100 -t 1 -J urgent -o /dev/null --wrap 'sleep 2'
-cancelled=$job3 preempted=$job1
 
 wait "$SNAKE_PID" && rc=0 || rc=$?
 SNAKE_PID=""
@@ -116,9 +128,11 @@ for path in runs:
 print(f"3 runs completed: {[p.split('/')[2] for p in runs]}")
 EOF
 
-# SLURM's view of every job of the run (kept MinJobAge = 30 min): id|comment|gres|state|mem|time
-timeout 10 squeue -h -t all -O "JobID:12,Comment:200,tres-per-job:20,State:14,MinMemory:10,TimeLimit:12" \
-  | awk '$2 ~ /^rule_/' > jobs.txt
+# SLURM's view of every job of this run (kept MinJobAge = 30 min; all named by the run's ID):
+# id comment gres state memory time-limit
+run_id=$(sed -n 's/^SLURM run ID: //p' snakemake.log | head -1)
+[ -n "$run_id" ] || fail "no 'SLURM run ID' in snakemake.log"
+timeout 10 squeue -h -t all -n "$run_id" -O "JobID:12,Comment:200,tres-per-job:20,State:14,MinMemory:10,TimeLimit:12" > jobs.txt
 cat jobs.txt
 awk '$2 ~ /^rule_(train_run|evaluate)/ && $3 != "gres:gpu:1" {bad=1; print "no GPU:", $0} END {exit bad}' jobs.txt \
   || fail "a training/evaluation job was not given a GPU"

@@ -9,7 +9,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -208,6 +207,7 @@ def test_aggregate_keeps_every_run(tmp_path, monkeypatch):
         write_run(Path(r.dir), {"status": "completed", "final_test_acc": 0.5 + i / 100, "val_acc": 0.4, "num_parameters": 1000 + i,
                                 "wall_s": 3600.0, "device": "NVIDIA H100", "config_hash": f"h{i}",
                                 "dataset": {"grammar": "abc"}}, curve=[0.1, 0.3])
+        Path(r.dir, "config.yaml").write_text(f"config_hash: h{i}\narch: {r.arch}\nlayers: 8\n")
     for e in p.evaluations:
         if Path(e.run.dir, "metrics.json").exists() and "failed" not in Path(e.run.dir, "metrics.json").read_text():
             write_run(Path(e.dir), {"test_acc": 0.25, "test_gap": e.test_gap, "wall_s": 7.0, "device": "cpu (1 threads)", "run_status": "completed"})
@@ -218,6 +218,7 @@ def test_aggregate_keeps_every_run(tmp_path, monkeypatch):
     assert status[("transformer", 8, 2)] == "missing" and status[("gla", 8, 1)] == "completed"
     done = df[(df.kind == "train") & (df.status == "completed")].iloc[0]
     assert done["gpu_hours"] == pytest.approx(1.0) and done["grammar"] == "abc"
+    assert json.loads(done["config"])["layers"] == 8 and json.loads(done["config"])["arch"] == done["arch"]
     gap = df[(df.task == "task4") & (df.status == "completed")]
     assert len(gap) and (gap["val_acc"] == 0.4).all() and (gap["test_gap"] == 2.0).all()  # inherits the run's val_acc
     assert (gap["gpu_hours"] == 0).all()  # CPU time is not GPU time
@@ -271,11 +272,13 @@ def test_accuracy_figures_from_a_selection(tmp_path):
                 for feat in (256, 512):
                     status = "failed" if (arch == "mamba" and feat == 512) else "completed"
                     for seed in (1, 2):
-                        acc = math.nan if status == "failed" else 0.3 + feat / 2000 + seed / 100
-                        rows.append(dict(task=task, arch=arch, amb=amb, feat=feat, lr=1e-3, warmup=476, seed=seed,
-                                         status=status, test_acc=acc, num_parameters=feat * 1000))
+                        for split in ("faithful", "heldout") if task == "task2" else ("faithful",):
+                            acc = math.nan if status == "failed" else 0.3 + feat / 2000 + seed / 100 - (split == "heldout") / 10
+                            rows.append(dict(task=task, arch=arch, amb=amb, feat=feat, lr=1e-3, warmup=476, seed=seed,
+                                             status=status, test_acc=acc, num_parameters=feat * 1000, test_split=split))
     sel = select.select(runs_frame(rows))
-    assert (sel["selected_by"] == "none (no finished run)").sum() == 3  # drawn as red × at 0
+    assert (sel["selected_by"] == "none (no finished run)").sum() == 4  # drawn as red × at 0
+    assert set(sel[sel.task == "task2"].test_split) == {"faithful", "heldout"}  # one row of panels each
     figures.accuracy_vs_ambiguity(sel, str(tmp_path / "a.pdf"), str(tmp_path / "a.png"))
     figures.accuracy_vs_size(sel, "task2", str(tmp_path / "b.pdf"), str(tmp_path / "b.png"), "Task 2")
     figures.accuracy_vs_gap(sel, str(tmp_path / "c.pdf"), str(tmp_path / "c.png"))  # no Task 4 rows: a placeholder
@@ -295,3 +298,43 @@ def test_grammar_files(tmp_path):
 
     assert hashlib.md5((tmp_path / "g.txt").read_bytes()).hexdigest()[:12] == summary["fingerprint"]  # spec §14
     assert tables.grammar_table([str(tmp_path / "g.json")]).iloc[0]["fingerprint"] == summary["fingerprint"]
+
+
+# --- cost estimate -------------------------------------------------------------------------------
+
+
+def test_mean_sequence_lengths_follow_spec_section_6():
+    from selectivbench.estimate import mean_length
+
+    assert mean_length("task1", "train") == 400 and mean_length("task1", "test") == 400  # 1-step gaps
+    assert mean_length("task2", "test") == 200 * 11  # tested at the longest training gap (10 steps)
+    assert mean_length("task2", "train") == pytest.approx(200 * (1 + 5.5), rel=0.01)  # gaps of 1..10 steps
+    assert mean_length("task3", "train") == pytest.approx(200 + 0.1 * 150)  # distractors: p 0.1 after element 50
+    assert mean_length("task4", "test", 10.0) == 200 * 101  # L = 20 200 (spec §9)
+
+
+def test_estimate_counts_runs_per_figure_and_uses_measured_rows(tmp_path):
+    from selectivbench import estimate
+
+    config = check(copy.deepcopy(PAPER), SCHEMA, registered=plan.registered_architectures)
+    rows = {r["target"]: r for r in estimate.estimate(config, {})}
+    assert rows["task1_complexity"]["runs"] == 10584 - 168 and rows["task1_complexity"]["skipped"] == 168
+    assert rows["task1_model_size"]["runs"] == 1512 - 24
+    assert rows["task4_gap_generalization"]["evaluations"] == 1792
+    total = rows["total (unique jobs)"]
+    assert total["runs"] == 13224 and total["estimated_share"] == 1.0
+    assert total["gpu_hours"] == pytest.approx(sum(rows[t]["gpu_hours"] for t in rows if t not in ("total (unique jobs)", "task1_model_size")))
+
+    bench = tmp_path / "bench_train_x_cuda.csv"
+    pd.DataFrame([dict(arch="gla", task="task2", feat=1296, layers=8, batch=64, mean_len=1300, update_ms_median=900.0, error="")]).to_csv(bench, index=False)
+    table = tmp_path / "step_times.csv"
+    assert estimate.import_bench(str(bench), str(table)) == 1
+    measured = estimate.read_table(str(table))[("gla", "task2", 1296)]
+    assert measured.source == "measured" and measured.ms_per_update == 900.0
+    rows2 = {r["target"]: r for r in estimate.estimate(config, estimate.read_table(str(table)))}
+    gla_runs = 3 * 2 * 4  # gla @ task2 feat 1296: 3 lr x 2 warmups x 4 seeds
+    assert 0 < 1 - rows2["task2_noise_gaps"]["estimated_share"] < 1
+    test_ms = 900.0 / (3 * 64) * 2200 / 1300  # forward only, at the test length
+    tested = (3125 // 78) * 1000 + 1000 + 1000  # 40 evaluations, validation, held-out test
+    expected = gla_runs * (3125 * 900.0 + tested * test_ms) / 3.6e6
+    assert 1 - rows2["task2_noise_gaps"]["estimated_share"] == pytest.approx(expected / rows2["task2_noise_gaps"]["gpu_hours"], rel=0.05)

@@ -2,6 +2,7 @@
 
     selectivbench estimate --configfile config/paper.yaml
     selectivbench estimate --configfile config/paper.yaml --init-table   # (re)write estimated rows
+    selectivbench estimate --import-bench bench/results/bench_train_<date>_<host>_cuda.csv
 
 The cost of a run is its updates × the time of one update plus its test passes × the time of a
 test sample, looked up per (arch, task, feat) in a step-time table (default
@@ -212,6 +213,34 @@ def init_table(config: dict, path: str) -> int:
     return len(best_amb)
 
 
+def import_bench(bench_csv: str, path: str, layers: int = 8, batch: int = 64) -> int:
+    """Turn the rows of a `bench/bench_train.py` CSV measured at the paper's layers and batch into
+    `measured` rows of the step-time table (a test sample is taken as a third of an update per
+    sample, scaled to the test length: forward only)."""
+    rows = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = {(r["arch"], r["task"], r["feat"]): r for r in csv.DictReader(line for line in f if not line.startswith("#"))}
+    device = os.path.basename(bench_csv).rsplit("_", 1)[-1].removesuffix(".csv")
+    n = 0
+    with open(bench_csv) as f:
+        for b in csv.DictReader(f):
+            if b.get("error") or int(b["layers"]) != layers or int(b["batch"]) != batch:
+                continue
+            update = float(b["update_ms_median"])
+            test = update / (3 * batch) * mean_length(b["task"], "test") / float(b["mean_len"])
+            rows[(b["arch"], b["task"], b["feat"])] = dict(
+                arch=b["arch"], task=b["task"], feat=b["feat"], ms_per_update=f"{update:.2f}", ms_per_test_sample=f"{test:.4f}",
+                device=device, source="measured", note=f"{os.path.basename(bench_csv)}; test pass derived (forward = update/3)")
+            n += 1
+    with open(path, "w", newline="") as f:
+        f.write("# step times per (arch, task, feat); source = measured (GPU benchmark) or estimated (FLOP model)\n")
+        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        w.writeheader()
+        w.writerows(sorted(rows.values(), key=lambda r: (r["arch"], r["task"], int(r["feat"]))))
+    return n
+
+
 def cli_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="selectivbench estimate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configfile", nargs="+", default=[], help="workflow config(s), merged over --default-config")
@@ -219,7 +248,12 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--schema", default="workflow/schemas/config.schema.yaml", help="config schema (default: %(default)s)")
     p.add_argument("--step-times", default=TABLE, help="step-time table (default: %(default)s)")
     p.add_argument("--init-table", action="store_true", help="write estimated rows for the config's grid into --step-times (measured rows kept)")
+    p.add_argument("--import-bench", metavar="CSV", help="add the rows of a bench/bench_train.py CSV (8 layers, batch 64) to --step-times as measured")
     args = p.parse_args(argv)
+    if args.import_bench:
+        n = import_bench(args.import_bench, args.step_times)
+        print(f"{n} measured rows from {args.import_bench} into {args.step_times}")
+        return 0
     from selectivbench.analysis.workflow_config import ConfigError
 
     try:

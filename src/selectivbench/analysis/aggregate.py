@@ -11,13 +11,14 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from selectivbench.analysis.plan import Evaluation, Plan, Run
 
 KEY_COLUMNS = ["kind", "task", "arch", "feat", "amb", "lr", "warmup", "seed", "test_split", "test_gap"]
 METRIC_COLUMNS = [
     "status", "test_acc", "test_loss", "val_acc", "val_loss", "best_test_acc", "num_parameters", "state_size",
-    "updates", "samples", "config_hash", "grammar", "wall_s", "gpu_hours", "device", "peak_memory_bytes", "error", "source_run", "path",
+    "updates", "samples", "config_hash", "grammar", "config", "wall_s", "gpu_hours", "device", "peak_memory_bytes", "error", "source_run", "path",
 ]
 COLUMNS = KEY_COLUMNS + METRIC_COLUMNS
 
@@ -27,6 +28,15 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def run_config(run_dir: str) -> str | None:
+    """The run's resolved config.yaml (every key, dataset identity included) as one JSON string."""
+    try:
+        text = Path(run_dir, "config.yaml").read_text()
+    except FileNotFoundError:
+        return None
+    return json.dumps(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), sort_keys=True)
 
 
 def cost(metrics: dict) -> tuple[float | None, float | None]:
@@ -62,6 +72,7 @@ def run_row(run: Run, train_split: str) -> dict:
         "samples": m.get("samples"),
         "config_hash": m.get("config_hash"),  # run config; with `grammar` it identifies the run
         "grammar": (m.get("dataset") or {}).get("grammar"),
+        "config": run_config(run.dir),
         "wall_s": wall,
         "gpu_hours": gpu_hours,
         "device": m.get("device"),
@@ -75,7 +86,7 @@ def evaluation_row(ev: Evaluation, source: dict) -> dict:
     row = dict(kind="evaluate", **base_row(ev.run))
     row.update(task=ev.task, test_split=ev.split, path=ev.dir, source_run=ev.run.dir)
     row["test_gap"] = ev.test_gap if ev.test_gap is not None else math.nan
-    inherited = {k: source.get(k) for k in ("val_acc", "val_loss", "num_parameters", "state_size", "config_hash", "grammar")}
+    inherited = {k: source.get(k) for k in ("val_acc", "val_loss", "num_parameters", "state_size", "config_hash", "grammar", "config")}
     if ev.skipped:
         return {**row, "status": "skipped", "error": source.get("error")}
     m = read_json(Path(ev.dir, "metrics.json"))
@@ -110,7 +121,7 @@ def results_table(plan: Plan) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("num_parameters", "state_size", "updates", "samples", "peak_memory_bytes"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("status", "config_hash", "grammar", "device", "error", "source_run", "path"):
+    for col in ("status", "config_hash", "grammar", "config", "device", "error", "source_run", "path"):
         df[col] = df[col].astype("string")
     return df
 

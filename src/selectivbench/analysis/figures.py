@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -18,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from selectivbench.analysis.select import FALLBACK_RULE, VAL_RULE  # noqa: E402
+from selectivbench.analysis.select import VAL_RULE  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 PROBLEM_MARK = dict(marker="x", color="black", s=40, linewidths=1.5, zorder=5)
@@ -80,6 +81,9 @@ def accuracy_panels(sel: pd.DataFrame, x: str, col: str | None, pdf: str, png: s
                 ax.scatter(none[x], np.zeros(len(none)), **NOTHING_MARK)
             if logx:
                 ax.set_xscale("log")
+                plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+                ax.xaxis.set_major_formatter(plain)
+                ax.xaxis.set_minor_formatter(plain)
             ax.set_ylim(-0.03, 1.03)
             label = f"{col} = {c}" if col else ""
             ax.set_title(", ".join(s for s in (label, f"test: {split}" if len(splits) > 1 else "") if s))
