@@ -11,7 +11,7 @@ rule evaluate_gap_generalization:
         metrics=grid.GAP_EVAL_METRICS,
     log:
         grid.GAP_EVAL_LOG,
-    retries: retries("evaluate")
+    retries: 0 if workflow.remote_exec else retries("evaluate")
     conda:
         CONDA_ENV
     threads: config["resources"]["evaluate"]["threads"]

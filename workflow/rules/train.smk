@@ -20,7 +20,7 @@ rule train_run:
         metrics=grid.RUN_METRICS,
     log:
         grid.RUN_LOG,
-    retries: retries("train")
+    retries: 0 if workflow.remote_exec else retries("train")
     conda:
         CONDA_ENV
     threads: config["resources"]["train"]["threads"]
