@@ -50,6 +50,10 @@ def fla_name(ours: str) -> str:
     return ours.replace("conv1d.conv.", "conv1d.")
 
 
+def stage(name: str) -> None:
+    print(f"STAGE {name}", flush=True)
+
+
 def rel_rms(x, ref) -> float:
     x, ref = x.double(), ref.double()
     return float((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
@@ -67,6 +71,7 @@ def check_one(arch: str, d: int, T: int, B: int, seed: int) -> dict:
     mixer_cls = get_mixer(arch)
     d_state = mixer_cls.default_d_state
     torch.manual_seed(seed)
+    stage("build fla layer")
     fla_layer = build_fla_layer(arch, d, n_head, d_state).to(dev)
     # round the shared weights to bf16 once so both sides start from the same numbers
     with torch.no_grad():
@@ -101,12 +106,15 @@ def check_one(arch: str, d: int, T: int, B: int, seed: int) -> dict:
         grads = {n: p.grad.float().clone() for n, p in module.named_parameters() if p.grad is not None}
         return y.float().detach(), x.grad.float(), grads, time.perf_counter() - t0
 
+    stage("ours fp32")
     ref_y, ref_dx, ref_g, _ = run(ours, torch.float32, autocast=False)
+    stage("ours bf16")
     our_y, our_dx, our_g, _ = run(ours, torch.float32, autocast=True)
     row = {"arch": arch, "d": d, "T": T, "B": B, "heads": n_head}
     row["ours_out"] = rel_rms(our_y, ref_y)
     row["ours_dx"] = rel_rms(our_dx, ref_dx)
     row["ours_dparam_max"] = max(rel_rms(our_g[n], ref_g[n]) for n in ref_g)
+    stage("fla bf16 forward+backward")
     try:
         fla_bf16 = fla_layer.to(torch.bfloat16)
         fla_y, fla_dx, fla_g, _ = run(fla_bf16, torch.bfloat16, autocast=False)
@@ -133,14 +141,15 @@ def check_one(arch: str, d: int, T: int, B: int, seed: int) -> dict:
     return row
 
 
-COLUMNS = ["arch", "ours_out", "fla_out", "ours_vs_fla_out", "ours_dx", "fla_dx", "ours_vs_fla_dx",
+COLUMNS = ["arch", "seconds", "ours_out", "fla_out", "ours_vs_fla_out", "ours_dx", "fla_dx", "ours_vs_fla_dx",
            "ours_dparam_max", "fla_dparam_max", "ours_vs_fla_dparam_max", "worst_param"]
 
 
 def to_markdown(rows: list[dict], header: str) -> str:
     lines = [header, "", "| " + " | ".join(COLUMNS) + " | note |", "|" + "---|" * (len(COLUMNS) + 1)]
     for r in rows:
-        cells = [f"{r[c]:.2e}" if isinstance(r.get(c), float) else str(r.get(c, "–")) for c in COLUMNS]
+        cells = [f"{r[c]:.0f}" if c == "seconds" and c in r else f"{r[c]:.2e}" if isinstance(r.get(c), float)
+                 else str(r.get(c, "–")) for c in COLUMNS]
         note = r.get("error") or r.get("fla_error") or ""
         lines.append("| " + " | ".join(cells) + f" | {note} |")
     return "\n".join(lines) + "\n"
@@ -155,30 +164,41 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=int, default=180, help="seconds per architecture (fla compiles on first use)")
     p.add_argument("--out", default="bench/results/crosscheck_fla.md")
+    p.add_argument("--jobs", type=int, default=len(ARCHS), help="architectures checked at once (one process each)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print("RESULT " + json.dumps(check_one(args.one, args.d, args.T, args.batch, args.seed)), flush=True)
         return 0
-    rows = []
-    for arch in args.archs:
+    def run_one(arch: str) -> dict:
         cmd = [sys.executable, __file__, "--one", arch, "--d", str(args.d), "--T", str(args.T),
                "--batch", str(args.batch), "--seed", str(args.seed)]
+        t0 = time.perf_counter()
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             row = json.loads(lines[-1][7:]) if lines else {"arch": arch, "error": (out.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-        except subprocess.TimeoutExpired:
-            row = {"arch": arch, "error": f"no result within {args.timeout} s"}
-        rows.append(row)
+        except subprocess.TimeoutExpired as err:
+            # name the stage it was stuck in (the child prints STAGE lines as it goes)
+            so = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+            stages = [ln[6:] for ln in so.splitlines() if ln.startswith("STAGE ")]
+            row = {"arch": arch, "error": f"no result within {args.timeout} s (last stage: {stages[-1] if stages else 'start'})"}
+        row["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(row), flush=True)
+        return row
+
+    # fla's first use is dominated by Triton compile + autotune on the CPU: run the layers side by side
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(run_one, args.archs))
     import torch
 
     import fla
 
     header = (f"# Cross-check against fla {fla.__version__} (bf16, d {args.d}, T {args.T}, B {args.batch})\n\n"
               f"{datetime.date.today()} on {torch.cuda.get_device_name()}, torch {torch.__version__}. "
-              f"Command: `python bench/crosscheck_fla.py`.\n\n"
+              f"Command: `python bench/crosscheck_fla.py`; `seconds` is each layer's wall time in its own process, fla's Triton compile included.\n\n"
               "Relative RMS errors. `ours_*`/`fla_*`: the bf16 run against our fp32 chunked path (TF32 off) with "
               "the same (bf16-rounded) weights; `ours_vs_fla_*`: the two bf16 runs against each other. "
               "Ours runs fp32 weights under bf16 autocast; fla runs with bf16 weights and input, as the authors ran "
