@@ -7,15 +7,16 @@ from selectivbench.models.delta_net import DeltaNet, chunk_delta_rule, naive_del
 from selectivbench.models.gated_delta_net import naive_gated_delta_rule
 from selectivbench.models.layers import RMSNorm
 from selectivbench.models.registry import get_mixer
-from test_gated_delta_net import (
-    assert_close,
-    check_layer_autocast,
-    check_layer_bf16,
-    check_layer_causal,
-    check_layer_fp32,
-    check_parameter_count,
-    make_inputs,
-    rel_rms,
+from mixer_checks import (
+    assert_all_close,
+    assert_causal_and_padding_invariant,
+    assert_parameter_count,
+    check_delta_layer_autocast,
+    check_delta_layer_bf16,
+    check_delta_layer_fp32,
+    delta_inputs,
+    delta_layer,
+    rel_err,
     run_with_grads,
 )
 
@@ -25,19 +26,9 @@ PARAMS_M = {256: 3.614, 384: 7.780, 512: 13.518, 648: 21.358, 768: 29.736,
 
 
 def inputs(B, H, T, K, V, seed, h0=False):
-    x = make_inputs(B, H, T, K, V, seed=seed, h0=h0)
+    x = delta_inputs(B, H, T, K, V, seed=seed, h0=h0)
     del x["g"]
     return x
-
-
-def naive(q, k, v, beta, h0):
-    return naive_delta_rule(q, k, v, beta, initial_state=h0)
-
-
-def chunked(chunk_size, inverse="solve"):
-    def fn(q, k, v, beta, h0):
-        return chunk_delta_rule(q, k, v, beta, chunk_size=chunk_size, initial_state=h0, inverse=inverse)
-    return fn
 
 
 SHAPES = [  # (B, H, T, K, V, chunk, initial state)
@@ -53,10 +44,9 @@ SHAPES = [  # (B, H, T, K, V, chunk, initial state)
 def test_chunk_matches_naive_fp32(shape, inverse):
     B, H, T, K, V, C, h0 = shape
     x = inputs(B, H, T, K, V, seed=T, h0=h0)
-    ref = run_with_grads(naive, x, {})
-    got = run_with_grads(chunked(C, inverse), x, {n: torch.float32 for n in x})
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-5)
+    ref = run_with_grads(naive_delta_rule, x)
+    got = run_with_grads(chunk_delta_rule, x, {n: torch.float32 for n in x}, chunk_size=C, inverse=inverse)
+    assert_all_close(got, ref, 1e-5, zero_atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:])
@@ -65,26 +55,27 @@ def test_chunk_matches_naive_bf16_inputs(shape):
     x = inputs(B, H, T, K, V, seed=T + 1, h0=h0)
     for n in ("q", "k", "v"):
         x[n] = x[n].bfloat16().double()
-    ref = run_with_grads(naive, x, {})
-    dtypes = {"q": torch.bfloat16, "k": torch.bfloat16, "v": torch.bfloat16, "beta": torch.float32, "h0": torch.float32}
-    got = run_with_grads(chunked(C), x, dtypes)
-    for name in ref:
-        assert_close(name, got[name], ref[name], 2e-2 if name == "dbeta" else 1e-2)
+    ref = run_with_grads(naive_delta_rule, x)
+    dtypes = {"q": torch.bfloat16, "k": torch.bfloat16, "v": torch.bfloat16,
+              "beta": torch.float32, "initial_state": torch.float32}
+    got = run_with_grads(chunk_delta_rule, x, dtypes, chunk_size=C)
+    assert_all_close(got, ref, 1e-2, tols={"dbeta": 2e-2}, zero_atol=1e-5)
 
 
 def test_naive_is_the_gated_rule_without_decay():
     """Ties the two references together: g ≡ 0 in the gated recurrence is the delta rule."""
-    x = make_inputs(2, 2, 40, 8, 12, seed=9, h0=True)
-    o, S = naive_delta_rule(x["q"], x["k"], x["v"], x["beta"], initial_state=x["h0"])
-    o_g, S_g = naive_gated_delta_rule(x["q"], x["k"], x["v"], torch.zeros_like(x["g"]), x["beta"], initial_state=x["h0"])
+    x = delta_inputs(2, 2, 40, 8, 12, seed=9, h0=True)
+    o, S = naive_delta_rule(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"])
+    o_g, S_g = naive_gated_delta_rule(x["q"], x["k"], x["v"], torch.zeros_like(x["g"]), x["beta"],
+                                      initial_state=x["initial_state"])
     assert torch.allclose(o, o_g, rtol=1e-13, atol=1e-13) and torch.allclose(S, S_g, rtol=1e-13, atol=1e-13)
 
 
 def test_chunk_size_invariance():
     x = {n: t.float() for n, t in inputs(2, 2, 100, 16, 32, seed=5, h0=True).items()}
-    outs = {C: chunked(C)(**x) for C in (16, 32, 64)}
+    outs = {C: chunk_delta_rule(**x, chunk_size=C) for C in (16, 32, 64)}
     for C in (32, 64):
-        assert rel_rms(outs[C][0], outs[16][0]) <= 1e-5 and rel_rms(outs[C][1], outs[16][1]) <= 1e-5
+        assert rel_err(outs[C][0], outs[16][0]) <= 1e-5 and rel_err(outs[C][1], outs[16][1]) <= 1e-5
 
 
 @pytest.mark.parametrize("beta", [1e-7, 1.0 - 1e-7])
@@ -92,27 +83,27 @@ def test_extreme_beta(beta):
     """β → 0 (state frozen) and β → 1 (full overwrite along k): finite and exact vs naive."""
     x = inputs(2, 2, 150, 16, 32, seed=11, h0=True)
     x["beta"] = torch.full_like(x["beta"], beta)
-    ref = run_with_grads(naive, x, {})
-    got = run_with_grads(chunked(64), x, {n: torch.float32 for n in x})
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-5)
+    ref = run_with_grads(naive_delta_rule, x)
+    got = run_with_grads(chunk_delta_rule, x, {n: torch.float32 for n in x}, chunk_size=64)
+    assert_all_close(got, ref, 1e-5, zero_atol=1e-5)
 
 
 @pytest.mark.parametrize("T", [1, 45, 130])
 def test_layer_chunk_matches_naive_fp32(T):
-    check_layer_fp32(DeltaNet, T)
+    check_delta_layer_fp32(DeltaNet, T)
 
 
 def test_layer_chunk_matches_naive_bf16():
-    check_layer_bf16(DeltaNet, gate_params=("b_proj.weight",))
+    check_delta_layer_bf16(DeltaNet, gate_params=("b_proj.weight",))
 
 
 def test_layer_under_autocast_bf16():
-    check_layer_autocast(DeltaNet)
+    check_delta_layer_autocast(DeltaNet)
 
 
 def test_layer_causal_and_right_padding():
-    check_layer_causal(DeltaNet, cuts=(0, 31, 32, 50), chunk_size=32)
+    assert_causal_and_padding_invariant(delta_layer(DeltaNet, chunk_size=32), d=32, T=70,
+                                        cuts=(0, 31, 32, 50), pads=(1, 23, 64))
 
 
 def test_layer_structure():
@@ -130,4 +121,4 @@ def test_layer_structure():
 
 @pytest.mark.parametrize("feat", sorted(PARAMS_M))
 def test_parameter_count_matches_spec(feat):
-    check_parameter_count("delta_net", feat, PARAMS_M[feat])
+    assert_parameter_count("delta_net", feat, PARAMS_M[feat])

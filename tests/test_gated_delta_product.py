@@ -12,15 +12,18 @@ from selectivbench.models.gated_delta_product import (
 )
 from selectivbench.models.layers import l2norm
 from selectivbench.models.registry import get_mixer
-from test_gated_delta_net import (
-    assert_close,
-    check_layer_autocast,
-    check_layer_bf16,
-    check_layer_causal,
-    check_layer_fp32,
-    check_parameter_count,
-    rel_rms,
+from mixer_checks import (
+    assert_all_close,
+    assert_causal_and_padding_invariant,
+    assert_finite_grads,
+    assert_parameter_count,
+    check_delta_layer_autocast,
+    check_delta_layer_bf16,
+    check_delta_layer_fp32,
+    delta_layer,
+    rel_err,
     run_with_grads,
+    seeded_randn,
 )
 
 # SELECTIVBENCH.md §10.4 (millions; V = 41, C = 1601, 8 layers)
@@ -39,18 +42,8 @@ def inputs(B, H, T, K, V, seed, n_h=4, h0=False):
         g=F.logsigmoid(torch.randn(B, H, T, generator=gen, **d)) * 0.3,
         beta=2 * torch.rand(B, H, T, n_h, generator=gen, **d),
     )
-    x["h0"] = torch.randn(B, H, K, V, generator=gen, **d) if h0 else None
+    x["initial_state"] = torch.randn(B, H, K, V, generator=gen, **d) if h0 else None
     return x
-
-
-def naive(q, k, v, g, beta, h0):
-    return naive_gated_delta_product(q, k, v, g, beta, initial_state=h0)
-
-
-def chunked(chunk_size):
-    def fn(q, k, v, g, beta, h0):
-        return chunk_gated_delta_product(q, k, v, g, beta, chunk_size=chunk_size, initial_state=h0)
-    return fn
 
 
 SHAPES = [  # (B, H, T tokens, K, V, chunk over sub-steps, n_h, initial state)
@@ -66,11 +59,10 @@ SHAPES = [  # (B, H, T tokens, K, V, chunk over sub-steps, n_h, initial state)
 def test_chunk_matches_naive_fp32(shape):
     B, H, T, K, V, C, n_h, h0 = shape
     x = inputs(B, H, T, K, V, seed=T, n_h=n_h, h0=h0)
-    ref = run_with_grads(naive, x, {})
-    got = run_with_grads(chunked(C), x, {n: torch.float32 for n in x})
+    ref = run_with_grads(naive_gated_delta_product, x)
+    got = run_with_grads(chunk_gated_delta_product, x, {n: torch.float32 for n in x}, chunk_size=C)
     assert got["o"].shape == (B, H, T, V)
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-5)
+    assert_all_close(got, ref, 1e-5, zero_atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:4])
@@ -79,31 +71,31 @@ def test_chunk_matches_naive_bf16_inputs(shape):
     x = inputs(B, H, T, K, V, seed=T + 1, n_h=n_h, h0=h0)
     for n in ("q", "k", "v"):
         x[n] = x[n].bfloat16().double()
-    ref = run_with_grads(naive, x, {})
+    ref = run_with_grads(naive_gated_delta_product, x)
     dtypes = {"q": torch.bfloat16, "k": torch.bfloat16, "v": torch.bfloat16,
-              "g": torch.float32, "beta": torch.float32, "h0": torch.float32}
-    got = run_with_grads(chunked(C), x, dtypes)
-    for name in ref:
-        assert_close(name, got[name], ref[name], 2e-2 if name in ("dg", "dbeta") else 1e-2)
+              "g": torch.float32, "beta": torch.float32, "initial_state": torch.float32}
+    got = run_with_grads(chunk_gated_delta_product, x, dtypes, chunk_size=C)
+    assert_all_close(got, ref, 1e-2, tols={"dg": 2e-2, "dbeta": 2e-2}, zero_atol=1e-5)
 
 
 def test_chunk_size_invariance():
     x = {n: t.float() for n, t in inputs(2, 2, 60, 16, 32, seed=5, h0=True).items()}
-    outs = {C: chunked(C)(**x) for C in (16, 32, 64)}
+    outs = {C: chunk_gated_delta_product(**x, chunk_size=C) for C in (16, 32, 64)}
     for C in (32, 64):
-        assert rel_rms(outs[C][0], outs[16][0]) <= 1e-5 and rel_rms(outs[C][1], outs[16][1]) <= 1e-5
+        assert rel_err(outs[C][0], outs[16][0]) <= 1e-5 and rel_err(outs[C][1], outs[16][1]) <= 1e-5
 
 
 def test_query_stride_equals_zero_query_interleaving():
     """Reading q after every n_h-th step (what the kernel does) = fla's zero-padded interleaved q."""
     B, H, T, K, V, n_h = 2, 2, 30, 16, 24, 4
     x = {n: t.float() for n, t in inputs(B, H, T, K, V, seed=2, h0=True).items()}
-    o, S = chunk_gated_delta_product(x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=32, initial_state=x["h0"])
+    o, S = chunk_gated_delta_product(**x, chunk_size=32)
     q_seq = F.pad(x["q"].unsqueeze(3), (0, 0, n_h - 1, 0)).reshape(B, H, T * n_h, K)  # q at j = n_h only
     g_seq = F.pad(x["g"].unsqueeze(-1), (0, n_h - 1)).reshape(B, H, T * n_h)  # decay at j = 1 only
     o_seq, S_seq = chunk_gated_delta_rule(q_seq, x["k"].reshape(B, H, T * n_h, K), x["v"].reshape(B, H, T * n_h, V),
-                                          g_seq, x["beta"].reshape(B, H, T * n_h), chunk_size=32, initial_state=x["h0"])
-    assert rel_rms(o, o_seq[:, :, n_h - 1::n_h]) <= 1e-6 and rel_rms(S, S_seq) <= 1e-6
+                                          g_seq, x["beta"].reshape(B, H, T * n_h), chunk_size=32,
+                                          initial_state=x["initial_state"])
+    assert rel_err(o, o_seq[:, :, n_h - 1::n_h]) <= 1e-6 and rel_err(S, S_seq) <= 1e-6
     assert o_seq.reshape(B, H, T, n_h, V)[:, :, :, : n_h - 1].abs().max() == 0  # q = 0 rows read nothing
 
 
@@ -116,10 +108,9 @@ def test_extreme_gates(case):
     x = inputs(2, 2, 40, 16, 32, seed=11, h0=True)
     for name, value in case.items():
         x[name] = torch.full_like(x[name], value)
-    ref = run_with_grads(naive, x, {})
-    got = run_with_grads(chunked(64), x, {n: torch.float32 for n in x})
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-5)
+    ref = run_with_grads(naive_gated_delta_product, x)
+    got = run_with_grads(chunk_gated_delta_product, x, {n: torch.float32 for n in x}, chunk_size=64)
+    assert_all_close(got, ref, 1e-5, zero_atol=1e-5)
 
 
 def test_no_forget_gate_equals_zero_log_decay():
@@ -139,19 +130,20 @@ def test_chunk_must_hold_whole_tokens():
 
 @pytest.mark.parametrize("T", [1, 37])
 def test_layer_chunk_matches_naive_fp32(T):
-    check_layer_fp32(GatedDeltaProduct, T)
+    check_delta_layer_fp32(GatedDeltaProduct, T)
 
 
 def test_layer_chunk_matches_naive_bf16():
-    check_layer_bf16(GatedDeltaProduct, T=60, gate_params=("a_proj.weight", "b_proj.weight"))
+    check_delta_layer_bf16(GatedDeltaProduct, T=60, gate_params=("a_proj.weight", "b_proj.weight"))
 
 
 def test_layer_under_autocast_bf16():
-    check_layer_autocast(GatedDeltaProduct)
+    check_delta_layer_autocast(GatedDeltaProduct)
 
 
 def test_layer_causal_and_right_padding():
-    check_layer_causal(GatedDeltaProduct, cuts=(0, 7, 8, 30), T=40, chunk_size=32)  # 8 tokens per chunk
+    assert_causal_and_padding_invariant(delta_layer(GatedDeltaProduct, chunk_size=32), d=32, T=40,
+                                        cuts=(0, 7, 8, 30), pads=(1, 23, 64))  # 8 tokens per chunk
 
 
 def test_layer_structure():
@@ -174,11 +166,10 @@ def test_layer_beta_range():
     layer = GatedDeltaProduct(d_model=32, n_head=2)
     with torch.no_grad():
         layer.b_proj.weight.fill_(10.0)
-    x = torch.rand(2, 40, 32, requires_grad=True)  # positive inputs: W_b x ≫ 0, β ≈ 2
-    layer(x).square().sum().backward()
-    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    x = torch.rand(2, 40, 32)  # positive inputs: W_b x ≫ 0, β ≈ 2
+    assert_finite_grads(layer, x, seeded_randn(x.shape, 0))
 
 
 @pytest.mark.parametrize("feat", sorted(PARAMS_M))
 def test_parameter_count_matches_spec(feat):
-    check_parameter_count("gated_delta_product", feat, PARAMS_M[feat])
+    assert_parameter_count("gated_delta_product", feat, PARAMS_M[feat])

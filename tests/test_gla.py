@@ -1,27 +1,26 @@
 """GLA: chunked kernel vs the float64 step-by-step recurrence, layer checks, §10.4 parameter counts."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from selectivbench.models import RecNet, get_mixer
+from selectivbench.models import get_mixer
 import selectivbench.models.gla as gla_module
 from selectivbench.models.gla import GatedLinearAttention, chunk_gla, naive_gla
+from mixer_checks import (
+    assert_all_close,
+    assert_causal_and_padding_invariant,
+    assert_finite_grads,
+    assert_parameter_count,
+    chunk_and_naive_grads,
+    rel_err,
+    rms,
+    run_with_grads,
+)
 
 # spec SELECTIVBENCH.md §10.4, gla column (millions, V=41, C=1601, 8 layers)
 PARAMS_M = {256: 4.722, 384: 10.228, 512: 17.831, 648: 28.206, 768: 39.327,
             960: 60.955, 1024: 69.213, 1152: 87.300, 1296: 110.156}
-
-
-def rms(x):
-    return x.double().pow(2).mean().sqrt().item()
-
-
-def rel_err(x, ref, floor=0.0):
-    """fla's RMS ratio ||x - ref||_rms / ||ref||_rms; `floor` bounds the denominator from below."""
-    return rms(x.double() - ref.double()) / max(rms(ref), floor, 1e-300)
 
 
 def random_inputs(B, H, T, K, V, seed, dtype=torch.float32, g_scale=1.0):
@@ -33,29 +32,19 @@ def random_inputs(B, H, T, K, V, seed, dtype=torch.float32, g_scale=1.0):
     return q.to(dtype), k.to(dtype), v.to(dtype), g  # gates stay fp32
 
 
-def run_both(q, k, v, g, chunk_size, seed=0):
-    """Outputs and input gradients of chunk_gla and of the float64 naive recurrence (same upstream grad)."""
-    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, g)]
-    ref = naive_gla(*ref_in)
-    do = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    ref.backward(do)
-    ins = [t.detach().clone().requires_grad_() for t in (q, k, v, g)]
-    out = chunk_gla(*ins, chunk_size=chunk_size)
-    out.backward(do.to(out.dtype))
-    return (out, [t.grad for t in ins]), (ref, [t.grad for t in ref_in])
+def run_both(q, k, v, g, chunk_size):
+    """Output "o" and input gradients "dq".."dg" of chunk_gla (inputs' dtypes) and of the float64
+    naive recurrence (same upstream grad)."""
+    x = dict(q=q, k=k, v=v, g=g)
+    ref = run_with_grads(naive_gla, x, dict.fromkeys(x, torch.float64))
+    return run_with_grads(chunk_gla, x, chunk_size=chunk_size), ref
 
 
 def check_errors(got, ref, k, tol, gate_tol):
-    (out, (dq, dk, dv, dg)), (ref_out, (rdq, rdk, rdv, rdg)) = got, ref
-    for t in (out, dq, dk, dv, dg):
-        assert torch.isfinite(t).all()
-    assert rel_err(out, ref_out) <= tol
-    assert rel_err(dq, rdq) <= tol
-    assert rel_err(dk, rdk) <= tol
-    assert rel_err(dv, rdv) <= tol
     # dg is a reverse cumsum of terms of size |k·dk| that cancel; when it is tiny (T = 1, strong
     # decay) compare the error with that scale instead of with dg itself
-    assert rel_err(dg, rdg, floor=1e-2 * rms(k.double() * rdk)) <= gate_tol
+    floor = 1e-2 * rms(k.double() * ref["dk"])
+    assert_all_close(got, ref, tol, tols={"dg": gate_tol}, floors={"dg": floor})
 
 
 # (B, H, T, K, V, chunk): T = 1, T < chunk, T not a multiple of the chunk, several heads, odd dims
@@ -79,7 +68,7 @@ def test_chunk_matches_naive_fp32(B, H, T, K, V, C):
 def test_chunk_matches_naive_bf16(B, H, T, K, V, C):
     q, k, v, g = random_inputs(B, H, T, K, V, seed=T, dtype=torch.bfloat16)
     got, ref = run_both(q, k, v, g, C)
-    assert got[0].dtype == torch.bfloat16 and got[1][0].dtype == torch.bfloat16
+    assert got["o"].dtype == torch.bfloat16 and got["dq"].dtype == torch.bfloat16
     check_errors(got, ref, k, tol=1e-2, gate_tol=2e-2)
 
 
@@ -125,29 +114,17 @@ def make_layer(d=32, n_head=4, chunk_size=16, seed=0):
     return GatedLinearAttention(d_model=d, n_head=n_head, chunk_size=chunk_size)
 
 
-def layer_grads(layer, x, dy):
-    layer.zero_grad()
-    y = layer(x)
-    y.backward(dy.to(y.dtype))
-    return y, {n: p.grad for n, p in layer.named_parameters()}
-
-
 @pytest.mark.parametrize("T", [1, 70])
 def test_layer_chunk_matches_naive_fp32(T):
     layer = make_layer()
-    ref_layer = copy.deepcopy(layer).double()
-    ref_layer.mode = "naive"
     x = torch.randn(2, T, 32)
     dy = torch.randn(2, T, 32, dtype=torch.float64)
-    ref_y, ref_g = layer_grads(ref_layer, x.double(), dy)
-    y, g = layer_grads(layer, x, dy)
-    assert rel_err(y, ref_y) <= 1e-5
-    assert set(g) == set(ref_g) and len(g) == 12
+    got, ref = chunk_and_naive_grads(layer, x, dy)
+    assert len(ref) == 2 + 12  # y, dx and the 12 parameter tensors
     # at T = 1 the gate has no effect (the state starts at 0): its exact gradient is 0 and the
     # chunked one is rounding noise, judged against the size of the other gradients
-    floor = 1e-2 * rms(ref_g["k_proj.weight"])
-    for name in g:
-        assert rel_err(g[name], ref_g[name], floor=floor if name.startswith("gk_proj") else 0) <= 1e-5, name
+    floor = 1e-2 * rms(ref["k_proj.weight"])
+    assert_all_close(got, ref, 1e-5, floors={n: floor for n in ref if n.startswith("gk_proj")})
 
 
 def spec_gla_forward(layer, x):
@@ -186,33 +163,17 @@ def test_layer_matches_spec_formula():
 
 def test_layer_chunk_matches_naive_bf16_autocast():
     layer = make_layer()
-    ref_layer = copy.deepcopy(layer).double()
-    ref_layer.mode = "naive"
     x = torch.randn(2, 70, 32)
     dy = torch.randn(2, 70, 32, dtype=torch.float64)
-    ref_y, ref_g = layer_grads(ref_layer, x.double(), dy)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, g = layer_grads(layer, x, dy)
-    assert y.dtype == torch.bfloat16
+    got, ref = chunk_and_naive_grads(layer, x, dy, autocast=True)
+    assert got["y"].dtype == torch.bfloat16
     # bf16 projections and convs add their own rounding on top of the kernel's (≈1e-2 measured)
-    assert rel_err(y, ref_y) <= 3e-2
-    for name in g:
-        assert rel_err(g[name], ref_g[name]) <= 3e-2, name
+    assert_all_close(got, ref, 3e-2)
 
 
 def test_layer_is_causal_and_right_padding_is_harmless():
-    layer = make_layer(chunk_size=16)
-    x = torch.randn(2, 50, 32)
-    with torch.no_grad():
-        y = layer(x)
-        for t in (0, 15, 16, 23, 48):  # chunk edges and middles
-            x2 = x.clone()
-            x2[:, t + 1 :] = 10 * torch.randn_like(x2[:, t + 1 :])
-            y2 = layer(x2)
-            torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], rtol=0, atol=1e-6)
-            assert (y2[:, t + 1 :] - y[:, t + 1 :]).abs().max() > 1e-3  # the change did reach the output
-        padded = layer(torch.cat([x, torch.zeros(2, 30, 32)], dim=1))
-        torch.testing.assert_close(padded[:, :50], y, rtol=0, atol=1e-6)
+    assert_causal_and_padding_invariant(make_layer(chunk_size=16), d=32, T=50, cuts=(0, 15, 16, 23, 48),
+                                        pads=(30,), causal_tol=(0, 1e-6))  # chunk edges and middles
 
 
 def test_layer_extreme_gates_finite():
@@ -221,9 +182,7 @@ def test_layer_extreme_gates_finite():
     for bias in (-1e4, 1e4):  # log decay -625 per step (forget ≈ 0) / 0 (forget ≈ 1)
         with torch.no_grad():
             layer.gk_proj[1].bias.fill_(bias)
-        y, g = layer_grads(layer, x, torch.randn(2, 40, 32))
-        assert torch.isfinite(y).all()
-        assert all(torch.isfinite(t).all() for t in g.values())
+        assert_finite_grads(layer, x, torch.randn(2, 40, 32))
 
 
 def test_layer_shapes_state_size_and_init():
@@ -248,7 +207,5 @@ def test_layer_shapes_state_size_and_init():
 
 @pytest.mark.parametrize("feat", sorted(PARAMS_M))
 def test_parameter_counts_match_spec(feat):
-    with torch.device("meta"):
-        net = RecNet("gla", feat, vocab=41, num_classes=1601)
-    assert round(net.num_parameters() / 1e6, 3) == PARAMS_M[feat]
+    net = assert_parameter_count("gla", feat, PARAMS_M[feat])
     assert net.state_size_per_layer() == 2 * feat * feat // net.n_head  # H · K · V = 2d²/H

@@ -1,7 +1,6 @@
 """Mamba-1: chunked selective scan vs the step-by-step float64 reference, the layer, its inits
 and parameter counts (SELECTIVBENCH §10.4; ARCHITECTURES §2.7, §3.6, §5)."""
 
-import copy
 import math
 
 import pytest
@@ -10,6 +9,16 @@ import torch.nn.functional as F
 
 from selectivbench.models import RecNet, available, get_mixer
 from selectivbench.models.mamba import Mamba, chunk_selective_scan, naive_selective_scan
+from mixer_checks import (
+    assert_all_close,
+    assert_causal_and_padding_invariant,
+    assert_close,
+    assert_finite_grads,
+    assert_parameter_count,
+    chunk_and_naive_grads,
+    run_with_grads,
+    seeded_randn,
+)
 
 # SELECTIVBENCH.md §10.4 (millions; V = 41, C = 1601, 8 layers)
 PARAMS_M = {
@@ -19,18 +28,6 @@ PARAMS_M = {
          960: 50.731, 1024: 57.390, 1152: 71.936, 1296: 90.259},
 }
 GATES = ("ddelta", "dA")
-
-
-def rel_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """RMS(x - ref) / RMS(ref); a reference below 1e-30 (0 in fp32) is compared absolutely."""
-    x, ref = x.double(), ref.double()
-    return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-
-
-def assert_close(name, got, ref, tol):
-    assert torch.isfinite(got).all(), f"{name}: non-finite values"
-    err = rel_rms(got, ref)
-    assert err <= tol, f"{name}: rel RMS error {err:.2e} > {tol:.0e}"
 
 
 def scan_inputs(B, T, D, N, seed, h0=True):
@@ -44,24 +41,13 @@ def scan_inputs(B, T, D, N, seed, h0=True):
         "C": torch.randn(B, T, N, generator=g, dtype=torch.float64),
     }
     if h0:
-        x["h0"] = torch.randn(B, D, N, generator=g, dtype=torch.float64)
+        x["initial_state"] = torch.randn(B, D, N, generator=g, dtype=torch.float64)
     return x
 
 
-def run_with_grads(scan, x, dtypes=None, **kw):
-    """Outputs and gradients of a random linear loss on (y, final state), all as float64."""
-    dtypes = dtypes or {}
-    leaves = {n: t.to(dtypes.get(n, t.dtype)).requires_grad_() for n, t in x.items()}
-    y, h = scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
-                initial_state=leaves.get("h0"), **kw)
-    g = torch.Generator().manual_seed(1)
-    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)
-    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(y.device)
-    loss = (y.double() * wy).sum() + (h.double() * wh).sum()
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    out = {"y": y.detach().double(), "h": h.detach().double()}
-    out.update({"d" + n: gr.double() for n, gr in zip(leaves, grads)})
-    return out
+def run_scan(scan, x, dtypes=None, **kw):
+    """Outputs (y, final state h) and gradients of a random linear loss on both."""
+    return run_with_grads(scan, x, dtypes, outputs=("y", "h"), **kw)
 
 
 SHAPES = [  # (B, T, D, N, chunk, initial state)
@@ -80,11 +66,9 @@ BACKENDS = ["step", "block"]  # "block" runs uncompiled on CPU: same maths as th
 def test_chunk_matches_naive_fp32(shape, backend):
     B, T, D, N, cs, h0 = shape
     x = scan_inputs(B, T, D, N, seed=T, h0=h0)
-    ref = run_with_grads(naive_selective_scan, x)
-    got = run_with_grads(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=cs, backend=backend)
-    assert set(got) == set(ref)
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-5)
+    ref = run_scan(naive_selective_scan, x)
+    got = run_scan(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=cs, backend=backend)
+    assert_all_close(got, ref, 1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -95,12 +79,11 @@ def test_chunk_matches_naive_bf16_inputs(shape, backend):
     x = scan_inputs(B, T, D, N, seed=T + 1, h0=h0)
     for n in ("u", "B", "C"):
         x[n] = x[n].bfloat16().double()
-    ref = run_with_grads(naive_selective_scan, x)
+    ref = run_scan(naive_selective_scan, x)
     dtypes = {"u": torch.bfloat16, "B": torch.bfloat16, "C": torch.bfloat16,
-              "delta": torch.float32, "A": torch.float32, "h0": torch.float32}
-    got = run_with_grads(chunk_selective_scan, x, dtypes, chunk_size=cs, backend=backend)
-    for name in ref:
-        assert_close(name, got[name], ref[name], 2e-2 if name in GATES else 1e-2)
+              "delta": torch.float32, "A": torch.float32, "initial_state": torch.float32}
+    got = run_scan(chunk_selective_scan, x, dtypes, chunk_size=cs, backend=backend)
+    assert_all_close(got, ref, 1e-2, tols=dict.fromkeys(GATES, 2e-2))
 
 
 def test_output_dtype_follows_u():
@@ -112,9 +95,9 @@ def test_output_dtype_follows_u():
 def test_chunk_size_and_backend_invariance():
     x = scan_inputs(2, 53, 5, 6, seed=3)
     f32 = {n: torch.float32 for n in x}
-    ref = run_with_grads(chunk_selective_scan, x, f32, chunk_size=53, backend="step")
+    ref = run_scan(chunk_selective_scan, x, f32, chunk_size=53, backend="step")
     for backend, cs in [("step", 1), ("step", 7), ("step", 64), ("block", 1), ("block", 16), ("block", 40), ("block", 64)]:
-        got = run_with_grads(chunk_selective_scan, x, f32, chunk_size=cs, backend=backend)
+        got = run_scan(chunk_selective_scan, x, f32, chunk_size=cs, backend=backend)
         for name in ref:
             assert_close(f"{name} ({backend}, chunk {cs})", got[name], ref[name], 1e-6)
 
@@ -130,11 +113,11 @@ def test_extreme_gates_finite_and_exact(case, backend):
         x["delta"] = x["delta"] * 1e-9
     else:
         x["u"], x["B"], x["C"] = x["u"] * 1e4, x["B"] * 30, x["C"] * 30
-    ref = run_with_grads(naive_selective_scan, x)
-    got = run_with_grads(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=16, backend=backend)
+    ref = run_scan(naive_selective_scan, x)
+    got = run_scan(chunk_selective_scan, x, {n: torch.float32 for n in x}, chunk_size=16, backend=backend)
     for name in ref:
         assert torch.isfinite(ref[name]).all(), f"reference {name} not finite"
-        assert_close(name, got[name], ref[name], 1e-5)
+    assert_all_close(got, ref, 1e-5)
 
 
 def test_kernel_rejects_bad_shapes():
@@ -158,9 +141,9 @@ def test_kernel_rejects_bad_shapes():
 @pytest.mark.parametrize("backend", BACKENDS)  # "block" is torch.compile'd on CUDA
 def test_cuda_backends_match_float64_reference(backend):
     x = scan_inputs(3, 150, 32, 16, seed=21)
-    ref = run_with_grads(naive_selective_scan, x)
+    ref = run_scan(naive_selective_scan, x)
     cuda32 = {n: t.float().cuda() for n, t in x.items()}
-    got = run_with_grads(chunk_selective_scan, cuda32, chunk_size=64, backend=backend)
+    got = run_scan(chunk_selective_scan, cuda32, chunk_size=64, backend=backend)
     for name in ref:
         assert_close(name, got[name].cpu(), ref[name], 1e-5)
 
@@ -177,34 +160,18 @@ def small_layer(seed=0, d=16, N=8, chunk_size=8):
     return layer
 
 
-def layer_grads(layer, x, mode, autocast=False):
-    layer.mode = mode
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        y = layer(x)
-    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    (y.double() * w).sum().backward()
-    out = {"y": y.detach().double(), "dx": x.grad.double()}
-    out.update({n: p.grad.double() for n, p in layer.named_parameters()})
-    return out
-
-
 def test_layer_chunk_matches_naive_float64():
     layer = small_layer()
     x = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(2))
-    ref = layer_grads(copy.deepcopy(layer).double(), x.double(), "naive")
-    got = layer_grads(layer, x, "chunk")
-    assert set(got) == set(ref) and len(ref) == 2 + 9  # y, dx and all nine parameter tensors
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-5)
+    got, ref = chunk_and_naive_grads(layer, x, seeded_randn(x.shape, 5))
+    assert len(ref) == 2 + 9  # y, dx and all nine parameter tensors
+    assert_all_close(got, ref, 1e-5)
 
 
 def test_layer_bf16_autocast_close_to_float64():
     layer = small_layer(seed=1)
     x = torch.randn(2, 30, 16, generator=torch.Generator().manual_seed(3))
-    ref = layer_grads(copy.deepcopy(layer).double(), x.double(), "naive")
-    got = layer_grads(layer, x, "chunk", autocast=True)
+    got, ref = chunk_and_naive_grads(layer, x, seeded_randn(x.shape, 5), autocast=True)
     assert_close("y", got["y"], ref["y"], 2e-2)
     assert_close("dx", got["dx"], ref["dx"], 3e-2)
 
@@ -213,32 +180,16 @@ def test_layer_bf16_autocast_close_to_float64():
 def test_layer_is_causal(mode):
     layer = small_layer(seed=2)
     layer.mode = mode
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 29, 16, generator=g)
-    t = 12
-    x2 = x.clone()
-    x2[:, t + 1:] = 10 * torch.randn(2, 29 - t - 1, 16, generator=g)
-    with torch.no_grad():
-        y, y2 = layer(x), layer(x2)
-    assert torch.allclose(y[:, : t + 1], y2[:, : t + 1], rtol=1e-6, atol=1e-7)
-    assert not torch.allclose(y[:, t + 1:], y2[:, t + 1:])
+    assert_causal_and_padding_invariant(layer, d=16, T=29, cuts=(0, 7, 8, 12, 27), causal_tol=(1e-6, 1e-7))
 
 
 def test_layer_right_padding_invariant():
-    layer = small_layer(seed=3)
-    x = torch.randn(3, 37, 16, generator=torch.Generator().manual_seed(6))
-    padded = torch.cat([x, torch.zeros(3, 27, 16)], dim=1)
-    with torch.no_grad():
-        assert torch.allclose(layer(padded)[:, :37], layer(x), rtol=1e-6, atol=1e-7)
+    assert_causal_and_padding_invariant(small_layer(seed=3), d=16, T=37, pads=(27,), pad_tol=(1e-6, 1e-7), B=3)
 
 
 def test_layer_large_inputs_finite():
-    layer = small_layer(seed=4)
-    x = (1e3 * torch.randn(2, 40, 16, generator=torch.Generator().manual_seed(7))).requires_grad_()
-    y = layer(x)
-    y.square().mean().backward()
-    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    x = 1e3 * torch.randn(2, 40, 16, generator=torch.Generator().manual_seed(7))
+    assert_finite_grads(small_layer(seed=4), x, seeded_randn(x.shape, 8))
 
 
 def test_init_follows_mamba_ssm():
@@ -271,6 +222,4 @@ def test_registered_with_defaults():
 @pytest.mark.parametrize("d_state", [128, 64])
 def test_parameter_counts(d_state):
     for feat, expected in PARAMS_M[d_state].items():
-        with torch.device("meta"):
-            net = RecNet("mamba", feat, vocab=41, num_classes=1601, n_layers=8, d_state=d_state)
-        assert round(net.num_parameters() / 1e6, 3) == expected, (feat, d_state)
+        assert_parameter_count("mamba", feat, expected, n_layers=8, d_state=d_state)

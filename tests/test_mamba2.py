@@ -1,28 +1,28 @@
 """Mamba-2: chunked SSD vs the float64 step-by-step recurrence, layer checks, §10.4 parameter counts."""
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from selectivbench.models import RecNet, get_mixer
+from selectivbench.models import get_mixer
 from selectivbench.models.mamba2 import Mamba2, chunk_ssd, naive_ssd
+from mixer_checks import (
+    assert_all_close,
+    assert_causal_and_padding_invariant,
+    assert_finite_grads,
+    assert_parameter_count,
+    chunk_and_naive_grads,
+    rel_err,
+    rms,
+    run_with_grads,
+)
 
 # spec SELECTIVBENCH.md §10.4, mamba2 columns (millions, V=41, C=1601, 8 layers): (N=128, N=64)
 PARAMS_M = {256: (4.148, 3.880), 384: (8.575, 8.177), 512: (14.575, 14.045), 648: (22.715, 22.046),
             768: (31.343, 30.551), 960: (48.023, 47.035), 1024: (54.369, 53.316),
             1152: (68.390, 67.205), 1296: (85.895, 84.562)}
-
-
-def rms(x):
-    return x.double().pow(2).mean().sqrt().item()
-
-
-def rel_err(x, ref, floor=0.0):
-    """fla's RMS ratio ||x - ref||_rms / ||ref||_rms; `floor` bounds the denominator from below."""
-    return rms(x.double() - ref.double()) / max(rms(ref), floor, 1e-300)
 
 
 def random_inputs(b, H, T, P, N, seed, groups=1, dtype=torch.float32):
@@ -35,29 +35,19 @@ def random_inputs(b, H, T, P, N, seed, groups=1, dtype=torch.float32):
     return x.to(dtype), dt * A, B.to(dtype), C.to(dtype)  # log decays stay fp32
 
 
-def run_both(x, a, B, C, chunk_size, seed=0):
-    """Outputs and input gradients of chunk_ssd and of the float64 naive recurrence (same upstream grad)."""
-    ref_in = [t.detach().double().requires_grad_() for t in (x, a, B, C)]
-    ref = naive_ssd(*ref_in)
-    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    ref.backward(dy)
-    ins = [t.detach().clone().requires_grad_() for t in (x, a, B, C)]
-    out = chunk_ssd(*ins, chunk_size=chunk_size)
-    out.backward(dy.to(out.dtype))
-    return (out, [t.grad for t in ins]), (ref, [t.grad for t in ref_in])
+def run_both(x, a, B, C, chunk_size):
+    """Output "o" and input gradients "dx", "da", "dB", "dC" of chunk_ssd (inputs' dtypes) and of
+    the float64 naive recurrence (same upstream grad)."""
+    inputs = dict(x=x, a=a, B=B, C=C)
+    ref = run_with_grads(naive_ssd, inputs, dict.fromkeys(inputs, torch.float64))
+    return run_with_grads(chunk_ssd, inputs, chunk_size=chunk_size), ref
 
 
 def check_errors(got, ref, x, tol, gate_tol):
-    (out, (dx, da, dB, dC)), (ref_out, (rdx, rda, rdB, rdC)) = got, ref
-    for t in (out, dx, da, dB, dC):
-        assert torch.isfinite(t).all()
-    assert rel_err(out, ref_out) <= tol
-    assert rel_err(dx, rdx) <= tol
-    assert rel_err(dB, rdB) <= tol
-    assert rel_err(dC, rdC) <= tol
     # da is a reverse cumsum of terms of size |Σ_p x·dx| that cancel; when it is tiny (T = 1,
     # strong decay) compare the error with that scale instead of with da itself
-    assert rel_err(da, rda, floor=1e-2 * rms((x.double() * rdx).sum(-1))) <= gate_tol
+    floor = 1e-2 * rms((x.double() * ref["dx"]).sum(-1))
+    assert_all_close(got, ref, tol, tols={"da": gate_tol}, floors={"da": floor})
 
 
 # (b, H, T, P, N, chunk, groups): T = 1, T < chunk, T not a multiple of the chunk, several heads,
@@ -83,7 +73,7 @@ def test_chunk_matches_naive_fp32(b, H, T, P, N, L, G):
 def test_chunk_matches_naive_bf16(b, H, T, P, N, L):
     x, a, B, C = random_inputs(b, H, T, P, N, seed=T, dtype=torch.bfloat16)
     got, ref = run_both(x, a, B, C, L)
-    assert got[0].dtype == torch.bfloat16 and got[1][0].dtype == torch.bfloat16
+    assert got["o"].dtype == torch.bfloat16 and got["dx"].dtype == torch.bfloat16
     check_errors(got, ref, x, tol=1e-2, gate_tol=2e-2)
 
 
@@ -117,31 +107,18 @@ def make_layer(d=32, n_head=4, d_state=16, chunk_size=16, seed=0):
     return Mamba2(d_model=d, n_head=n_head, d_state=d_state, chunk_size=chunk_size)
 
 
-def layer_grads(layer, u, dy):
-    layer.zero_grad()
-    y = layer(u)
-    y.backward(dy.to(y.dtype))
-    return y, {n: p.grad for n, p in layer.named_parameters()}
-
-
 @pytest.mark.parametrize("T", [1, 70])
 def test_layer_chunk_matches_naive_fp32(T):
     layer = make_layer()
     with torch.no_grad():
         layer.D.uniform_(0.5, 1.5)  # distinct per head, so a head mix-up shows
-    ref_layer = copy.deepcopy(layer).double()
-    ref_layer.mode = "naive"
     u = torch.randn(2, T, 32)
     dy = torch.randn(2, T, 32, dtype=torch.float64)
-    ref_y, ref_g = layer_grads(ref_layer, u.double(), dy)
-    y, g = layer_grads(layer, u, dy)
-    assert rel_err(y, ref_y) <= 1e-5
-    assert set(g) == set(ref_g) and len(g) == 8
+    got, ref = chunk_and_naive_grads(layer, u, dy)
+    assert len(ref) == 2 + 8  # y, dx and the 8 parameter tensors
     # at T = 1 the decay has no effect (the state starts at 0): the exact A_log gradient is 0 and
     # the chunked one is rounding noise, judged against the size of the other gradients
-    floor = 1e-2 * rms(ref_g["dt_bias"])
-    for name in g:
-        assert rel_err(g[name], ref_g[name], floor=floor if name == "A_log" else 0) <= 1e-5, name
+    assert_all_close(got, ref, 1e-5, floors={"A_log": 1e-2 * rms(ref["dt_bias"])})
 
 
 def spec_mamba2_forward(layer, u):
@@ -179,33 +156,17 @@ def test_layer_matches_spec_formula():
 
 def test_layer_chunk_matches_naive_bf16_autocast():
     layer = make_layer()
-    ref_layer = copy.deepcopy(layer).double()
-    ref_layer.mode = "naive"
     u = torch.randn(2, 70, 32)
     dy = torch.randn(2, 70, 32, dtype=torch.float64)
-    ref_y, ref_g = layer_grads(ref_layer, u.double(), dy)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, g = layer_grads(layer, u, dy)
-    assert y.dtype == torch.bfloat16
+    got, ref = chunk_and_naive_grads(layer, u, dy, autocast=True)
+    assert got["y"].dtype == torch.bfloat16
     # bf16 projections and conv add their own rounding on top of the kernel's (≈1e-2 measured)
-    assert rel_err(y, ref_y) <= 3e-2
-    for name in g:
-        assert rel_err(g[name], ref_g[name]) <= 3e-2, name
+    assert_all_close(got, ref, 3e-2)
 
 
 def test_layer_is_causal_and_right_padding_is_harmless():
-    layer = make_layer(chunk_size=16)
-    u = torch.randn(2, 50, 32)
-    with torch.no_grad():
-        y = layer(u)
-        for t in (0, 15, 16, 23, 48):  # chunk edges and middles
-            u2 = u.clone()
-            u2[:, t + 1 :] = 10 * torch.randn_like(u2[:, t + 1 :])
-            y2 = layer(u2)
-            torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], rtol=0, atol=1e-6)
-            assert (y2[:, t + 1 :] - y[:, t + 1 :]).abs().max() > 1e-3  # the change did reach the output
-        padded = layer(torch.cat([u, torch.zeros(2, 30, 32)], dim=1))
-        torch.testing.assert_close(padded[:, :50], y, rtol=0, atol=1e-6)
+    assert_causal_and_padding_invariant(make_layer(chunk_size=16), d=32, T=50, cuts=(0, 15, 16, 23, 48),
+                                        pads=(30,), causal_tol=(0, 1e-6))  # chunk edges and middles
 
 
 def test_layer_extreme_decays_finite():
@@ -215,9 +176,7 @@ def test_layer_extreme_decays_finite():
         with torch.no_grad():
             layer.dt_bias.fill_(dt_bias)
             layer.A_log.fill_(A_log)
-        y, g = layer_grads(layer, u, torch.randn(2, 40, 32))
-        assert torch.isfinite(y).all()
-        assert all(torch.isfinite(t).all() for t in g.values())
+        assert_finite_grads(layer, u, torch.randn(2, 40, 32))
 
 
 def test_layer_shapes_state_size_and_init():
@@ -245,7 +204,5 @@ def test_layer_shapes_state_size_and_init():
 @pytest.mark.parametrize("feat", sorted(PARAMS_M))
 def test_parameter_counts_match_spec(feat):
     for N, expected in zip((128, 64), PARAMS_M[feat]):
-        with torch.device("meta"):
-            net = RecNet("mamba2", feat, vocab=41, num_classes=1601, d_state=N)
-        assert round(net.num_parameters() / 1e6, 3) == expected, N
+        net = assert_parameter_count("mamba2", feat, expected, d_state=N)
         assert net.state_size_per_layer() == 2 * feat * N  # n_heads · P · N = 2H · d/H · N

@@ -1,7 +1,6 @@
-"""Transformer baseline: SDPA vs explicit fp64 softmax attention, the paper's layer pieces
-(RMSNorm, RoPE, SwiGLU, double residual), width remaps and parameter counts (SELECTIVBENCH §10.3-10.4)."""
+"""Transformer baseline: SDPA vs fp64 step-by-step decoding with a KV cache, the paper's layer
+pieces (RMSNorm, RoPE, SwiGLU, double residual), width remaps and parameter counts (SELECTIVBENCH §10.3-10.4)."""
 
-import copy
 import math
 
 import pytest
@@ -10,53 +9,54 @@ import torch
 from selectivbench.models import RecNet, get_mixer
 from selectivbench.models.transformer import PaperRMSNorm, Transformer, apply_rope, naive_attention, sdpa_attention
 from selectivbench.models.wrapper import SkippedSize
-from test_mamba import assert_close, rel_rms
+from mixer_checks import (
+    assert_all_close,
+    assert_causal_and_padding_invariant,
+    assert_close,
+    assert_finite_grads,
+    assert_parameter_count,
+    chunk_and_naive_grads,
+    rel_err,
+    run_with_grads,
+    seeded_randn,
+)
 
 # SELECTIVBENCH.md §10.4 (millions; V = 41, C = 1601, 8 layers); 648 and 1296 are built at 768 / 1280
 PARAMS_M = {256: 8.845, 384: 19.558, 512: 34.465, 648: 76.861, 768: 76.861,
             1024: 136.035, 1152: 171.912, 1296: 211.985}
 
 
-def attention_grads(attend, q, k, v, dtype):
-    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    o = attend(*leaves)
-    w = torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grads = torch.autograd.grad((o.double() * w).sum(), leaves)
-    return {"o": o.detach().double(), **{n: g.double() for n, g in zip(("dq", "dk", "dv"), grads)}}
-
-
 def qkv(B, H, T, hd, seed, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    return [scale * torch.randn(B, H, T, hd, generator=g, dtype=torch.float64) for _ in range(3)]
+    return dict(zip("qkv", (scale * torch.randn(B, H, T, hd, generator=g, dtype=torch.float64) for _ in range(3))))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 8), (2, 4, 37, 16), (1, 3, 130, 32)])
 def test_sdpa_matches_naive_fp32(shape):
-    q, k, v = qkv(*shape, seed=shape[2])
-    ref = attention_grads(naive_attention, q, k, v, torch.float64)
-    got = attention_grads(sdpa_attention, q, k, v, torch.float32)
-    for name in ref:
-        if shape[2] == 1 and name in ("dq", "dk"):  # one key: softmax == 1, these grads are exactly 0
-            assert got[name].abs().max() < 1e-6 and ref[name].abs().max() < 1e-12
-            continue
-        assert_close(name, got[name], ref[name], 1e-5)
+    x = qkv(*shape, seed=shape[2])
+    ref = run_with_grads(naive_attention, x, outputs=("o",))
+    got = run_with_grads(sdpa_attention, x, {n: torch.float32 for n in x}, outputs=("o",))
+    assert got["o"].dtype == torch.float32
+    # T = 1: one key, softmax == 1, so dq and dk are exactly 0
+    assert_all_close(got, ref, 1e-5, zero_atol=1e-6)
 
 
 def test_sdpa_matches_naive_bf16_inputs():
-    q, k, v = (t.bfloat16().double() for t in qkv(2, 4, 50, 16, seed=3))
-    ref = attention_grads(naive_attention, q, k, v, torch.float64)
-    got = attention_grads(sdpa_attention, q, k, v, torch.bfloat16)
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-2)
+    x = {n: t.bfloat16().double() for n, t in qkv(2, 4, 50, 16, seed=3).items()}
+    ref = run_with_grads(naive_attention, x, outputs=("o",))
+    got = run_with_grads(sdpa_attention, x, {n: torch.bfloat16 for n in x}, outputs=("o",))
+    assert got["o"].dtype == torch.bfloat16
+    assert_all_close(got, ref, 1e-2)
 
 
 def test_naive_attention_first_step_and_peaked_softmax():
-    q, k, v = qkv(1, 2, 6, 4, seed=0)
+    q, k, v = qkv(1, 2, 6, 4, seed=0).values()
     o = naive_attention(q, k, v)
     assert torch.allclose(o[..., 0, :], v[..., 0, :])  # step 0 sees only itself
-    # huge logits: softmax stays finite and picks the best causal key
+    # huge logits: softmax stays finite and picks the best causal key (of the rotated q, k)
     o = naive_attention(1e4 * q, k, v)
-    best = (q @ k.transpose(-1, -2)).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), -math.inf).argmax(-1)
+    scores = apply_rope(q) @ apply_rope(k).transpose(-1, -2)
+    best = scores.masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), -math.inf).argmax(-1)
     assert torch.isfinite(o).all()
     assert torch.allclose(o, torch.gather(v, 2, best[..., None].expand(-1, -1, -1, 4)))
 
@@ -72,18 +72,21 @@ def test_paper_rmsnorm_formula():
 
 
 def test_rope_is_the_papers_halves_rotation():
-    """(x1 + i x2) * exp(-i t theta_j), theta_j = 1000^(-2j/hd); relative-position invariance of <q_t, k_s>."""
-    B, T, H, hd = 1, 9, 2, 8
-    x = torch.randn(B, T, H, hd, dtype=torch.float64)
+    """(x1 + i x2) * exp(-i t theta_j), theta_j = 1000^(-2j/hd); relative-position invariance of <q_t, k_s>;
+    one position rotated alone at offset t (a decoding step) equals row t of the whole sequence, bit for bit."""
+    B, H, T, hd = 1, 2, 9, 8
+    x = torch.randn(B, H, T, hd, dtype=torch.float64)
     theta = 1000.0 ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    z = torch.complex(x[..., : hd // 2], x[..., hd // 2:]) * torch.exp(-1j * torch.arange(T)[:, None, None] * theta)
-    assert torch.allclose(apply_rope(x), torch.cat([z.real, z.imag], -1), atol=1e-6)
+    z = torch.complex(x[..., : hd // 2], x[..., hd // 2:]) * torch.exp(-1j * torch.arange(T)[:, None] * theta)
+    assert torch.allclose(apply_rope(x), torch.cat([z.real, z.imag], -1), atol=1e-12)
     q, k = torch.randn(hd, dtype=torch.float64), torch.randn(hd, dtype=torch.float64)
-    rq = apply_rope(q.expand(1, T, 1, hd))[0, :, 0]
-    rk = apply_rope(k.expand(1, T, 1, hd))[0, :, 0]
-    assert torch.allclose(rq[5] @ rk[2], rq[7] @ rk[4], atol=1e-5)
+    rq, rk = apply_rope(q.expand(T, hd)), apply_rope(k.expand(T, hd))
+    assert torch.allclose(rq[5] @ rk[2], rq[7] @ rk[4], atol=1e-12)
+    x32 = x.float()
+    for t in (0, 4, 8):
+        assert torch.equal(apply_rope(x32[..., t : t + 1, :], start=t), apply_rope(x32)[..., t : t + 1, :])
     with pytest.raises(ValueError, match="even head dim"):
-        apply_rope(torch.zeros(1, 2, 1, 5))
+        apply_rope(torch.zeros(1, 1, 2, 5))
 
 
 # ---------------------------------------------------------------- layer
@@ -99,32 +102,20 @@ def small_layer(seed=0, d=32, heads=4):
     return layer.eval()
 
 
-def layer_grads(layer, x, mode, autocast=False):
-    layer.mode = mode
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        y = layer(x)
-    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    (y.double() * w).sum().backward()
-    return {"y": y.detach().double(), "dx": x.grad.double(), **{n: p.grad.double() for n, p in layer.named_parameters()}}
-
-
-def test_layer_chunk_matches_naive_float64():
+@pytest.mark.parametrize("T", [1, 37])
+def test_layer_chunk_matches_naive_float64(T):
     layer = small_layer()
-    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2))
-    ref = layer_grads(copy.deepcopy(layer).double(), x.double(), "naive")
-    got = layer_grads(layer, x, "chunk")
+    x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(2))
+    got, ref = chunk_and_naive_grads(layer, x, seeded_randn(x.shape, 5))
     assert len(ref) == 2 + 16  # y, dx and every parameter tensor
-    for name in ref:
-        assert_close(name, got[name], ref[name], 1e-5)
+    # T = 1: one key, so the grads through q and k (q/k projections and norms) are exactly 0
+    assert_all_close(got, ref, 1e-5, zero_atol=1e-6)
 
 
 def test_layer_bf16_autocast_close_to_float64():
     layer = small_layer(seed=1)
     x = torch.randn(2, 30, 32, generator=torch.Generator().manual_seed(3))
-    ref = layer_grads(copy.deepcopy(layer).double(), x.double(), "naive")
-    got = layer_grads(layer, x, "chunk", autocast=True)
+    got, ref = chunk_and_naive_grads(layer, x, seeded_randn(x.shape, 5), autocast=True)
     assert_close("y", got["y"], ref["y"], 2e-2)
     assert_close("dx", got["dx"], ref["dx"], 2e-2)
 
@@ -148,32 +139,16 @@ def test_layer_forward_formula():
 def test_layer_is_causal(mode):
     layer = small_layer(seed=3)
     layer.mode = mode
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 25, 32, generator=g)
-    t = 10
-    x2 = x.clone()
-    x2[:, t + 1:] = 10 * torch.randn(2, 25 - t - 1, 32, generator=g)
-    with torch.no_grad():
-        y, y2 = layer(x), layer(x2)
-    assert torch.allclose(y[:, : t + 1], y2[:, : t + 1], rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(y[:, t + 1:], y2[:, t + 1:])
+    assert_causal_and_padding_invariant(layer, d=32, T=25, cuts=(0, 10, 23), causal_tol=(1e-5, 1e-6))
 
 
 def test_layer_right_padding_invariant():
-    layer = small_layer(seed=4)
-    x = torch.randn(3, 37, 32)
-    padded = torch.cat([x, torch.zeros(3, 20, 32)], dim=1)
-    with torch.no_grad():
-        assert torch.allclose(layer(padded)[:, :37], layer(x), rtol=1e-5, atol=1e-6)
+    assert_causal_and_padding_invariant(small_layer(seed=4), d=32, T=37, pads=(20,), pad_tol=(1e-5, 1e-6), B=3)
 
 
 def test_layer_large_inputs_finite():
-    layer = small_layer(seed=5).train()
-    x = (1e4 * torch.randn(2, 40, 32)).requires_grad_()
-    y = layer(x)
-    (y / 1e4).square().mean().backward()
-    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    x = 1e4 * torch.randn(2, 40, 32, generator=torch.Generator().manual_seed(6))
+    assert_finite_grads(small_layer(seed=5).train(), x, seeded_randn(x.shape, 7))
 
 
 def test_widths_heads_and_skip():
@@ -192,11 +167,14 @@ def test_widths_heads_and_skip():
 
 def test_parameter_counts():
     for feat, expected in PARAMS_M.items():
-        with torch.device("meta"):
-            net = RecNet("transformer", feat, vocab=41, num_classes=1601, n_layers=8)
-        assert round(net.num_parameters() / 1e6, 3) == expected, feat
+        assert_parameter_count("transformer", feat, expected, n_layers=8)
 
 
-def test_rel_rms_helper_detects_errors():
+def test_rel_err_helper_detects_errors():
     ref = torch.randn(100, dtype=torch.float64)
-    assert rel_rms(ref * (1 + 1e-3), ref) == pytest.approx(1e-3, rel=1e-6)
+    assert rel_err(ref * (1 + 1e-3), ref) == pytest.approx(1e-3, rel=1e-6)
+    assert rel_err(ref, torch.zeros(100), floor=2.0) == pytest.approx(ref.pow(2).mean().sqrt().item() / 2)
+    with pytest.raises(AssertionError, match="rel RMS error"):
+        assert_close("x", ref * (1 + 1e-3), ref, 1e-4)
+    with pytest.raises(AssertionError, match="reference is 0"):
+        assert_close("x", torch.full((3,), 1e-5), torch.zeros(3), 1e-5, zero_atol=1e-6)

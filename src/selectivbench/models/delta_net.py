@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from selectivbench.models.gated_delta_net import check_mode, chunk_gated_delta_rule, fp32_linear
-from selectivbench.models.layers import RMSNorm, ShortConv, l2norm
+from selectivbench.models.layers import RMSNorm, l2norm, qkv_projections, qkv_short_convs
 from selectivbench.models.registry import Mixer, register
 
 
@@ -60,13 +60,9 @@ class DeltaNet(Mixer):
         self.chunk_size = chunk_size or self.default_chunk_size
         key_dim, value_dim = d_model, n_head * self.head_v_dim
         # creation order as in fla, so the same seed draws the same initial weights
-        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
+        self.q_proj, self.k_proj, self.v_proj = qkv_projections(d_model, key_dim, value_dim)
         self.b_proj = nn.Linear(d_model, n_head, bias=False)
-        self.q_conv1d = ShortConv(key_dim, conv_size)
-        self.k_conv1d = ShortConv(key_dim, conv_size)
-        self.v_conv1d = ShortConv(value_dim, conv_size)
+        self.q_conv1d, self.k_conv1d, self.v_conv1d = qkv_short_convs(key_dim, value_dim, conv_size)
         self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, d_model, bias=False)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectivbench.models.layers import GatedRMSNorm, ShortConv, l2norm, pad_time
+from selectivbench.models.layers import GatedRMSNorm, l2norm, pad_time, qkv_projections, qkv_short_convs
 from selectivbench.models.registry import Mixer, register
 
 INVERSE_METHODS = ("solve", "doubling")
@@ -212,15 +212,11 @@ class GatedDeltaNet(Mixer):
         self.chunk_size = chunk_size or self.default_chunk_size
         key_dim, value_dim = d_model, n_head * self.head_v_dim
         # creation order as in fla, so the same seed draws the same initial weights
-        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
+        self.q_proj, self.k_proj, self.v_proj = qkv_projections(d_model, key_dim, value_dim)
         self.a_proj = nn.Linear(d_model, n_head, bias=False)
         self.b_proj = nn.Linear(d_model, n_head, bias=False)
         self.A_log, self.dt_bias = init_decay_parameters(n_head)
-        self.q_conv1d = ShortConv(key_dim, conv_size)
-        self.k_conv1d = ShortConv(key_dim, conv_size)
-        self.v_conv1d = ShortConv(value_dim, conv_size)
+        self.q_conv1d, self.k_conv1d, self.v_conv1d = qkv_short_convs(key_dim, value_dim, conv_size)
         self.g_proj = nn.Linear(d_model, value_dim, bias=False)
         self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, d_model, bias=False)

@@ -5,8 +5,9 @@ Layer: q, k, v (Linear with bias) -> per-head RMSNorm on q, k -> RoPE (base 1000
 attention -> out_proj -> h = x + RMSNorm_d(.) ; ffn = W2(swish_beta(a) * b) with [a, b] = W1 h ;
 return h + Dropout(ffn). The RecNet wrapper adds x once more (the paper's double residual).
 
-Kernels on (B, H, T, hd): `sdpa_attention` (the fast path: torch's fused causal SDPA, flash /
-memory-efficient on GPU) and `naive_attention` (explicit fp32 softmax(QK^T/sqrt(hd) + mask) V).
+Kernels on (B, H, T, hd), q and k before RoPE: `sdpa_attention` (the fast path: RoPE on all
+positions, then torch's fused causal SDPA, flash / memory-efficient on GPU) and `naive_attention`
+(the step-by-step reference: autoregressive decoding with a KV cache, one position at a time).
 """
 
 from __future__ import annotations
@@ -27,19 +28,37 @@ _WIDTH_REMAP = {648: 768, 1296: 1280, 960: None}
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal softmax attention with scale 1/sqrt(hd) via torch's fused kernel; (B, H, T, hd)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    """RoPE on every position, then causal softmax attention with scale 1/sqrt(hd) via torch's
+    fused kernel; (B, H, T, hd)."""
+    return F.scaled_dot_product_attention(apply_rope(q), apply_rope(k), v, is_causal=True)
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Reference: softmax(Q K^T / sqrt(hd) + causal mask) V, explicitly, in fp32 (fp64 if given)."""
+    """Reference: autoregressive decoding, in fp32 (fp64 if given); (B, H, T, hd).
+
+    Step t rotates k_t by position t (the fast path's `apply_rope`, at offset t), writes it with
+    v_t to row t of the KV cache, and attends q_t (rotated likewise) to rows 0..t:
+    o_t = softmax(q_t K_{<=t}^T / sqrt(hd)) V_{<=t}. A row never changes once written, so the
+    writes run as a first loop and each step reads a prefix view of one contiguous cache tensor:
+    a fresh copy of the cache per step would make autograd save O(T^2 d) (14 GB at B 8, T 1300, d 256).
+    """
     dtype = torch.promote_types(q.dtype, torch.float32)
     qf, kf, vf = (t.to(dtype) for t in (q, k, v))
-    T = q.shape[-2]
-    scores = qf @ kf.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    scores = scores.masked_fill(future, float("-inf"))  # mask before softmax: no 0*inf
-    return (scores.softmax(dim=-1) @ vf).to(q.dtype)
+    T, hd = q.shape[-2:]
+
+    def rope_at(x: torch.Tensor, t: int) -> torch.Tensor:  # x (B, H, hd): one position
+        return apply_rope(x.unsqueeze(-2), start=t).squeeze(-2)
+
+    if T == 0:
+        return q.new_zeros(q.shape)
+    keys = torch.stack([rope_at(kf[..., t, :], t) for t in range(T)], dim=-2)
+    values = torch.stack([vf[..., t, :] for t in range(T)], dim=-2)
+    outs = []
+    for t in range(T):
+        scores = rope_at(qf[..., t, :], t).unsqueeze(-2) @ keys[..., : t + 1, :].transpose(-1, -2)
+        p = (scores / math.sqrt(hd)).softmax(dim=-1)  # (B, H, 1, t+1)
+        outs.append((p @ values[..., : t + 1, :]).squeeze(-2))
+    return torch.stack(outs, dim=-2).to(q.dtype)
 
 
 class PaperRMSNorm(nn.Module):
@@ -57,16 +76,18 @@ class PaperRMSNorm(nn.Module):
         return (xf / (rms + self.eps) * self.weight.float()).to(x.dtype)
 
 
-def apply_rope(x: torch.Tensor, base: float = ROPE_BASE) -> torch.Tensor:
-    """The paper's rotary embedding on (B, T, H, hd), halves split:
-    y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos, angle t * base^(-2i/hd)."""
-    T, hd = x.shape[1], x.shape[-1]
+def apply_rope(x: torch.Tensor, base: float = ROPE_BASE, start: int = 0) -> torch.Tensor:
+    """The paper's rotary embedding on (..., T, hd), halves split: y1 = x1 cos + x2 sin,
+    y2 = -x1 sin + x2 cos, angle (start + t) * base^(-2i/hd); fp32 inside (fp64 for fp64 x).
+    `start` places x at positions start.. (one decoding step) with the same angles as the full sequence."""
+    T, hd = x.shape[-2], x.shape[-1]
     if hd % 2:
         raise ValueError(f"rotary embedding needs an even head dim, got {hd}")
-    inv_freq = (1.0 / base) ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
-    freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), inv_freq)
-    cos, sin = freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
-    x1, x2 = x.float().chunk(2, dim=-1)
+    ct = torch.promote_types(x.dtype, torch.float32)
+    inv_freq = (1.0 / base) ** (torch.arange(0, hd, 2, device=x.device, dtype=ct) / hd)
+    freqs = torch.outer(torch.arange(start, start + T, device=x.device, dtype=ct), inv_freq)
+    cos, sin = freqs.cos(), freqs.sin()
+    x1, x2 = x.to(ct).chunk(2, dim=-1)
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).to(x.dtype)
 
 
@@ -105,12 +126,11 @@ class Transformer(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         Bsz, T, _ = x.shape
         heads = (Bsz, T, self.n_head, self.head_dim)
-        q = apply_rope(self.q_norm(self.q_proj(x).view(heads)))
-        k = apply_rope(self.k_norm(self.k_proj(x).view(heads)))
-        v = self.v_proj(x).view(heads)
-        attend = sdpa_attention if self.mode == "chunk" else naive_attention
-        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        o = o.transpose(1, 2).reshape(Bsz, T, self.d_model)
+        q = self.q_norm(self.q_proj(x).view(heads)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(heads)).transpose(1, 2)
+        v = self.v_proj(x).view(heads).transpose(1, 2)
+        attend = sdpa_attention if self.mode == "chunk" else naive_attention  # both apply RoPE
+        o = attend(q, k, v).transpose(1, 2).reshape(Bsz, T, self.d_model)
         h = x + self.out_norm(self.out_proj(o))
         a, b = self.linear1(h).chunk(2, dim=-1)
         ffn = self.linear2(a * torch.sigmoid(self.beta * a) * b)
