@@ -17,8 +17,15 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
+
+
+# from_rows: no rule trains or evaluates; the metrics.json files present are the rows
+if not FROM_ROWS:
+
+    include: "workflow/rules/train.smk"
+    include: "workflow/rules/evaluate.smk"
+
+
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 

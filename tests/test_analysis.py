@@ -210,7 +210,9 @@ def test_aggregate_keeps_every_run(tmp_path, monkeypatch):
         Path(r.dir, "config.yaml").write_text(f"config_hash: h{i}\narch: {r.arch}\nlayers: 8\n")
     for e in p.evaluations:
         if Path(e.run.dir, "metrics.json").exists() and "failed" not in Path(e.run.dir, "metrics.json").read_text():
-            write_run(Path(e.dir), {"test_acc": 0.25, "test_gap": e.test_gap, "wall_s": 7.0, "device": "cpu (1 threads)", "run_status": "completed"})
+            # as `selectivbench evaluate` writes it: the gap tested, also for another split's pass (task2: 1.0)
+            write_run(Path(e.dir), {"test_acc": 0.25, "test_gap": e.test_gap or 1.0, "wall_s": 7.0, "device": "cpu (1 threads)",
+                                    "run_status": "completed", "test_split": e.split})
     df = aggregate.results_table(p)
     assert len(df) == len(p.runs) + len(p.evaluations)
     status = df[df.kind == "train"].groupby(["arch", "feat", "seed"])["status"].first()
@@ -224,6 +226,7 @@ def test_aggregate_keeps_every_run(tmp_path, monkeypatch):
     assert (gap["gpu_hours"] == 0).all()  # CPU time is not GPU time
     heldout = df[(df.kind == "evaluate") & (df.task == "task2")]
     assert set(heldout["test_split"]) == {"heldout"}
+    assert heldout["test_gap"].isna().all()  # the run's own test condition, as on its training row: same figure panels
     curves = aggregate.training_curves(p)
     assert set(curves["arch"]) == {"gla", "transformer"} and len(curves) == 3 * 2  # gla@8, gla@960, transformer@8 (seed 1)
     out = tmp_path / "runs.parquet"
@@ -286,6 +289,26 @@ def test_accuracy_figures_from_a_selection(tmp_path):
         assert is_pdf(tmp_path / f"{name}.pdf") and is_png(tmp_path / f"{name}.png")
 
 
+def png_size(path) -> tuple[int, int]:
+    head = Path(path).read_bytes()[16:24]
+    return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+
+
+def test_both_test_modes_get_their_own_row_of_panels(tmp_path):
+    rows = [dict(task="task2", arch="gla", amb=40, feat=feat, lr=1e-3, warmup=476, seed=1, test_acc=acc - (split == "heldout") / 5,
+                 val_acc=0.5, num_parameters=feat * 1000, test_split=split, kind="train" if split == "faithful" else "evaluate")
+            for feat, acc in ((256, 0.6), (512, 0.8)) for split in ("faithful", "heldout")]
+    sel = select.select(runs_frame(rows)).sort_values(["test_split", "feat"])
+    assert list(sel.test_split) == ["faithful", "faithful", "heldout", "heldout"] and set(sel.selected_by) == {select.VAL_RULE}
+    assert list(sel.test_mean) == pytest.approx([0.6, 0.8, 0.4, 0.6])
+    figures.accuracy_vs_size(sel, "task2", str(tmp_path / "both.pdf"), str(tmp_path / "both.png"), "Task 2")
+    one = sel[sel.test_split == "faithful"]
+    figures.accuracy_vs_size(one, "task2", str(tmp_path / "one.pdf"), str(tmp_path / "one.png"), "Task 2")
+    (w2, h2), (w1, h1) = png_size(tmp_path / "both.png"), png_size(tmp_path / "one.png")
+    assert h2 > 1.6 * h1 and abs(w2 - w1) < 0.1 * w1  # a second row, not a second column
+    assert figures.selection_note(sel) == "(lr, warmup) selected on the validation split"
+
+
 def test_task_illustration(tmp_path):
     figures.task_illustration(str(tmp_path / "t.pdf"), str(tmp_path / "t.png"), amb=3, seed=1, elements=8)
     assert is_pdf(tmp_path / "t.pdf") and is_png(tmp_path / "t.png")
@@ -328,7 +351,7 @@ def test_estimate_counts_runs_per_figure_and_uses_measured_rows(tmp_path):
     bench = tmp_path / "bench_train_x_cuda.csv"
     pd.DataFrame([dict(arch="gla", task="task2", feat=1296, layers=8, batch=64, mean_len=1300, update_ms_median=900.0, error="")]).to_csv(bench, index=False)
     table = tmp_path / "step_times.csv"
-    assert estimate.import_bench(str(bench), str(table)) == 1
+    assert estimate.import_bench(str(bench), str(table)) == (1, [])
     measured = estimate.read_table(str(table))[("gla", "task2", 1296)]
     assert measured.source == "measured" and measured.ms_per_update == 900.0
     rows2 = {r["target"]: r for r in estimate.estimate(config, estimate.read_table(str(table)))}
@@ -338,3 +361,58 @@ def test_estimate_counts_runs_per_figure_and_uses_measured_rows(tmp_path):
     tested = (3125 // 78) * 1000 + 1000 + 1000  # 40 evaluations, validation, held-out test
     expected = gla_runs * (3125 * 900.0 + tested * test_ms) / 3.6e6
     assert 1 - rows2["task2_noise_gaps"]["estimated_share"] == pytest.approx(expected / rows2["task2_noise_gaps"]["gpu_hours"], rel=0.05)
+
+
+def test_import_bench_reads_both_benchmark_forms(tmp_path, capsys):
+    """bench_train CSVs (task column, real batches) and bench_gpu-style CSVs (arch, d/feat, T, B,
+    ms per step): measured rows replace the estimated ones of the same (arch, task, feat) only."""
+    from selectivbench import estimate
+
+    table = tmp_path / "step_times.csv"
+    table.write_text("# header kept\n" + ",".join(estimate.TABLE_COLUMNS) + "\n"
+                     "gla,task1,256,30.0,0.03,H100 (assumed),estimated,FLOP model\n"
+                     "gla,task1,512,40.0,0.05,H100 (assumed),estimated,FLOP model\n")
+    train_csv = tmp_path / "bench_train_x_vm_cuda.csv"
+    pd.DataFrame([dict(arch="gla", task="task1", feat=256, layers=8, batch=64, mean_len=400, update_ms_median=127.4, error=""),
+                  dict(arch="mamba", task="task1", feat=256, layers=8, batch=64, mean_len=400, update_ms_median=None, error="OOM")]
+                 ).to_csv(train_csv, index=False)
+    (tmp_path / "bench_train_x_vm_cuda.md").write_text("# bench_train 2026 on vm / NVIDIA H100 80GB HBM3 / torch 2.11 / bfloat16 / load 1\n")
+    assert estimate.cli_main(["--import-bench", str(train_csv), "--step-times", str(table)]) == 0
+    assert "skipped line 3 (mamba feat 256 length 400): error: OOM" in capsys.readouterr().out
+    rows = estimate.read_table(str(table))
+    assert rows[("gla", "task1", 256)] == estimate.StepTime(127.4, pytest.approx(127.4 / 192, rel=1e-3), "measured")
+    assert rows[("gla", "task1", 512)].source == "estimated"
+    text = table.read_text()
+    assert text.startswith("# header kept") and "NVIDIA H100 80GB HBM3 bfloat16,measured" in text
+
+    gpu_csv = tmp_path / "gpu_x.csv"
+    gpu_csv.write_text("arch,variant,d/feat,T,B,ms per step,error\n"
+                       "gla,eager,512,400,64,150.0,\n"  # task1 (mean training length 400)
+                       "gla,eager,512,1300,64,390.0,\n"  # task2
+                       "gla,eager,512,2200,64,600.0,\n"  # a test length: no training task
+                       "gla,fla,512,400,64,90.0,\n"  # another implementation
+                       "gla,eager,512,400,32,80.0,\n")  # another batch
+    n, skipped = estimate.import_bench(str(gpu_csv), str(table), device="H100 bf16")
+    assert n == 2 and len(skipped) == 3
+    assert any("no task's mean training length" in s for s in skipped) and any("variant fla" in s for s in skipped)
+    rows = estimate.read_table(str(table))
+    assert rows[("gla", "task1", 512)].ms_per_update == 150.0 and rows[("gla", "task2", 512)].source == "measured"
+    assert rows[("gla", "task2", 512)].ms_per_test_sample == pytest.approx(390.0 / 192 * 2200 / 1300, rel=1e-3)
+    assert rows[("gla", "task1", 256)].ms_per_update == 127.4  # the earlier import stays
+
+    bad = tmp_path / "gpu_bad.csv"
+    bad.write_text("arch,feat,T,ms\ngla,256,400,1.0\n")
+    assert estimate.cli_main(["--import-bench", str(bad), "--step-times", str(table)]) == 2
+    assert "no column for batch (accepted: batch: batch, b)" in capsys.readouterr().err
+
+
+def test_committed_step_times_have_the_measured_h100_rows(capsys):
+    from selectivbench import estimate
+
+    rows = estimate.read_table(str(ROOT / "bench/results/step_times.csv"))
+    measured = {k for k, t in rows.items() if t.source == "measured"}
+    assert {(a, t, 256) for a in PAPER_ARCHS for t in ("task1", "task2")} <= measured
+    assert rows[("mamba", "task1", 256)].ms_per_update == 1256.3  # bench_train_20261125_vm_cuda.csv
+    assert rows[("gla", "task1", 512)].source == "estimated"
+    config = check(copy.deepcopy(PAPER), SCHEMA, registered=plan.registered_architectures)
+    assert estimate.table_summary(rows, config).startswith(f"{len(measured)} of {len(rows)} rows measured")

@@ -19,11 +19,12 @@ def sets(d):
     return [a for k, v in d.items() for a in ("--set", f"{k}={v}")]
 
 
-def make_dataset(root: Path, seed: int) -> Path:
+def make_dataset(root: Path, seed: int, split: str = "faithful", size: int = 64) -> Path:
     from selectivbench.dataset import cli_main as dataset_main
 
-    out = root / f"amb4_seed{seed}"
-    assert dataset_main(["--amb", "4", "--seed", str(seed), "--size", "64", "--test-size", "16", "--workers", "1", "--out", str(out)]) == 0
+    out = root / f"{split}_size{size}_amb4_seed{seed}"
+    assert dataset_main(["--amb", "4", "--seed", str(seed), "--size", str(size), "--test-size", "16", "--test-split", split,
+                         "--workers", "1", "--out", str(out)]) == 0
     return out
 
 
@@ -80,6 +81,38 @@ def test_training_keys_cannot_change(task1_run, dataset, tmp_path, capsys):
 def test_other_dataset_and_unfinished_run_are_refused(task1_run, dataset, tmp_path, capsys):
     other = make_dataset(tmp_path, 2)
     assert evaluate(task1_run, other, tmp_path / "x") == 2
-    assert "is not the one run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not hold the training samples" in err and "seed: 1 -> 2" in err and "grammar_seed: 1 -> 2" in err
     assert evaluate(tmp_path / "no_run", dataset, tmp_path / "x") == 2
     assert "train it first" in capsys.readouterr().err
+
+
+def test_heldout_test_mode_needs_only_the_same_training_samples(task1_run, dataset, tmp_path, capsys):
+    # the held-out twin of the training dataset: same training samples, test = indices 64..79
+    heldout = make_dataset(tmp_path, 1, "heldout")
+    assert evaluate(task1_run, heldout, tmp_path / "heldout") == 0
+    got = json.loads((tmp_path / "heldout" / "metrics.json").read_text())
+    faithful = json.loads((task1_run / "metrics.json").read_text())
+    assert got["test_split"] == "heldout" and got["test_indices"] == [64, 80] and 0 <= got["test_acc"] <= 1
+    assert got["test_acc"] != faithful["final_test_acc"]  # other samples (the faithful ones were trained on)
+    # another training size is another training identity, whatever the split: refused, key named
+    assert evaluate(task1_run, make_dataset(tmp_path, 1, "heldout", size=48), tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "differing dataset keys" in err and "size: 64 -> 48" in err and "train_samples: 64 -> 48" in err
+    assert "test_split" not in err
+
+
+def test_checkpoint_of_an_older_version_is_matched_through_its_hash(task1_run, dataset, tmp_path, capsys):
+    """Checkpoints written before the per-key training identity hold only the dataset's config hash."""
+    import shutil
+
+    import torch
+
+    old = tmp_path / "old_run"
+    shutil.copytree(task1_run, old)
+    ckpt = torch.load(old / "checkpoint.pt", map_location="cpu", weights_only=False)
+    del ckpt["dataset"]["train_config"]
+    torch.save(ckpt, old / "checkpoint.pt")
+    assert evaluate(old, make_dataset(tmp_path, 1, "heldout"), tmp_path / "heldout") == 0
+    assert evaluate(old, make_dataset(tmp_path, 1, "faithful", size=48), tmp_path / "x") == 2
+    assert "matches no test split of this training config" in capsys.readouterr().err

@@ -34,6 +34,11 @@ BASE = {
 }
 
 
+# the resume tests: dropout stays on (the RNG matters); validation on samples 192..287 of the
+# training stream, of which the dataset file holds 192..255 and the rest is sampled by index range
+RESUME = dict(dropout_quirk="false", checkpoint_every="2", val_size="96")
+
+
 def set_args(**over):
     args = []
     for k, v in {**BASE, **over}.items():
@@ -97,7 +102,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def reference_run(dataset, tmp_path_factory):
     """The uninterrupted run the resume tests compare with (dropout stays on: the RNG matters)."""
     out = tmp_path_factory.mktemp("runs") / "reference"
-    proc = train_subprocess(dataset, out, dropout_quirk="false", checkpoint_every="2")
+    proc = train_subprocess(dataset, out, **RESUME)
     rc, err = finish(proc)
     assert rc == 0, err
     return out
@@ -189,6 +194,19 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(dataset, tmp_pat
     assert "lr: 0.01 -> 0.0005" in capsys.readouterr().err
 
 
+def test_run_of_a_version_without_a_new_key_is_kept_at_its_default(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_in_process(dataset, out, dataset_size="32", eval_every="2") == 0
+    config = out / "config.yaml"
+    config.write_text("".join(line for line in config.read_text().splitlines(True) if not line.startswith("val_size:")))
+    stamp = (out / "metrics.json").stat().st_mtime_ns
+    assert train_in_process(dataset, out, dataset_size="32", eval_every="2") == 0  # val_size 0 = the old behaviour
+    assert (out / "metrics.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert train_in_process(dataset, out, dataset_size="32", eval_every="2", val_size="8") == 2
+    assert "val_size: '<missing>' -> 8" in capsys.readouterr().err
+
+
 def test_dropout_quirk_leaves_model_in_eval_mode(dataset, tmp_path):
     for quirk in (True, False):
         out = tmp_path / f"quirk{quirk}"
@@ -208,7 +226,7 @@ def test_divergence_is_recorded_and_exits_zero(dataset, tmp_path):
 
 def test_sigterm_then_resume_is_bit_identical(dataset, tmp_path, reference_run, capsys):
     out = tmp_path / "interrupted"
-    proc = train_subprocess(dataset, out, dropout_quirk="false", checkpoint_every="2")
+    proc = train_subprocess(dataset, out, **RESUME)
     wait_for_line(proc, "checkpoint written at update 2")
     proc.send_signal(signal.SIGTERM)
     rc, err = finish(proc)
@@ -219,29 +237,80 @@ def test_sigterm_then_resume_is_bit_identical(dataset, tmp_path, reference_run, 
 
     # a checkpoint written for another config is refused, naming the keys
     capsys.readouterr()
-    assert train_in_process(dataset, out, dropout_quirk="false", checkpoint_every="2", lr="2e-3", layers="3") == 2
+    assert train_in_process(dataset, out, **RESUME, lr="2e-3", layers="3") == 2
     err = capsys.readouterr().err
     assert "was written for another config" in err and "layers: 2 -> 3" in err and "lr: 0.01 -> 0.002" in err
 
-    rc, err = finish(train_subprocess(dataset, out, dropout_quirk="false", checkpoint_every="2"))
+    rc, err = finish(train_subprocess(dataset, out, **RESUME))
     assert rc == 0, err
     assert f"resuming at update {stopped_at}" in err
-    assert_same_run(out, reference_run)
-    assert json.loads((out / "metrics.json").read_text())["sessions"] == 2
+    assert_same_run(out, reference_run)  # val_acc and val_loss included
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sessions"] == 2 and metrics["val_indices"] == [192, 288] and metrics["val_update"] == 24
+    assert 0 < metrics["val_acc"] <= 1 and metrics["val_loss"] > 0
 
 
 def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path, reference_run):
     out = tmp_path / "killed"
-    proc = train_subprocess(dataset, out, dropout_quirk="false", checkpoint_every="2")
+    proc = train_subprocess(dataset, out, **RESUME)
     wait_for_line(proc, "checkpoint written at update 6")
     proc.kill()
     proc.wait(60)
     proc.stderr.close()
     assert not (out / "metrics.json").exists()
-    rc, err = finish(train_subprocess(dataset, out, dropout_quirk="false", checkpoint_every="2"))
+    rc, err = finish(train_subprocess(dataset, out, **RESUME))
     assert rc == 0, err
     assert "resuming at update" in err
     assert_same_run(out, reference_run)
+
+
+def test_recompute_replays_dropout_and_may_change_on_resume(dataset, tmp_path, reference_run):
+    """`recompute` is operational: a session with activation recomputation (same dropout masks
+    replayed), killed and resumed without it, is the reference run bit for bit."""
+    out = tmp_path / "recompute"
+    proc = train_subprocess(dataset, out, **RESUME, recompute="true")
+    lines = wait_for_line(proc, "checkpoint written at update 6")
+    assert any("| recompute on |" in line for line in lines), "".join(lines)
+    proc.kill()
+    proc.wait(60)
+    proc.stderr.close()
+    rc, err = finish(train_subprocess(dataset, out, **RESUME, recompute="false"))
+    assert rc == 0, err
+    assert "resuming at update" in err and "| recompute off |" in err
+    assert_same_run(out, reference_run)
+    assert json.loads((out / "metrics.json").read_text())["recompute"] is False
+
+
+def test_validation_uses_the_untrained_samples_after_the_training_range(dataset, tmp_path, capsys):
+    from selectivbench import config as C
+    from selectivbench.dataset import load_dataset, materialize
+    from selectivbench.evaluate import run_test
+    from selectivbench.inputs import InputSpec
+    from selectivbench.runio import build_model
+    from selectivbench.sampling import sample_classes
+
+    out = tmp_path / "val"
+    assert train_in_process(dataset, out, dataset_size="32", eval_every="2", val_size="240") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_indices"] == [32, 272] and metrics["val_update"] == 4
+    # the same pass by hand: rows 32..255 of classes.npy + samples 256..271 drawn by index, test condition
+    ds = load_dataset(dataset)
+    classes = sample_classes(ds.grammar, 1, 32, 272)
+    assert (classes[:224] == ds.train[32:]).all()
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = C.resolve({**BASE, "dataset_size": "32", "eval_every": "2", "val_size": "240"})
+    model = build_model(cfg, ds.grammar)
+    model.load_state_dict(ckpt["model"])
+    got = run_test(model, classes, ds.grammar, InputSpec(), 1, 0, 8, torch.device("cpu"), torch.float32, first_index=32)
+    assert (got["test_acc"], got["test_loss"]) == (metrics["val_acc"], pytest.approx(metrics["val_loss"], rel=1e-6))
+
+    # a held-out dataset sized without room for validation: its test samples are the validation ones
+    heldout = tmp_path / "heldout"
+    materialize(heldout, 4, 1, 32, test_split="heldout", test_size=16, workers=1, progress=False)
+    capsys.readouterr()
+    assert train_in_process(heldout, tmp_path / "bad", dataset_size="32", val_size="8", test_size="16") == 2
+    err = capsys.readouterr().err
+    assert "config key 'val_size'" in err and "overlap the dataset's heldout test samples [32, 48)" in err
 
 
 def test_help_documents_every_key(capsys):

@@ -38,7 +38,7 @@ def toy_config() -> dict:
         "architectures": ["toy_ema"],
         "plugins": [str(ROOT / "tests/toy_arch.py")],
         "seeds": [1, 2],
-        "test_splits": ["faithful"],
+        "test_splits": ["faithful", "heldout"],
         "data": {"train_size": 16, "val_size": 8, "test_size": 8},
         "train": {"device": "cpu", "layers": 1, "batch_size": 8, "eval_every": 1, "test_bs": 8, "progress": "off"},
         "tasks": {"task1": grid, "task2": grid,
@@ -101,9 +101,18 @@ def test_toy_architecture_end_to_end_with_report(tmp_path, chromium):
     toy = runs[runs.arch == "toy_ema"]
     assert len(toy[toy.kind == "train"]) == 2 * 2 * 2  # (Task 1, Task 2) x 2 lr x 2 seeds
     assert set(toy.status) == {"completed"} and toy.test_acc.between(0, 1).all()
-    assert toy[toy.task == "task4"].test_gap.tolist() == [2.0, 2.0]
+    assert toy.val_acc.between(0, 1).all()  # every run validated (evaluations inherit it)
+    gap = toy[toy.task == "task4"]
+    assert gap.test_gap.tolist() == [2.0] * 4 and sorted(gap.test_split) == ["faithful"] * 2 + ["heldout"] * 2
+    # the held-out test mode: each trained run also tested on its dataset's held-out twin
+    heldout = toy[(toy.kind == "evaluate") & toy.task.isin(["task1", "task2"])]
+    assert len(heldout) == 8 and set(heldout.test_split) == {"heldout"} and heldout.test_gap.isna().all()
+    trained = toy[toy.kind == "train"].set_index(["task", "lr", "seed"]).test_acc.sort_index()
+    tested = heldout.set_index(["task", "lr", "seed"]).test_acc.sort_index()
+    assert list(tested.index) == list(trained.index) and (tested != trained).any()  # other samples
     sel = pd.read_csv(tmp_path / "results/tables/selection.csv")
-    assert set(sel.arch) == {"toy_ema"} and (sel.n_seeds == 2).all()
+    assert set(sel.arch) == {"toy_ema"} and (sel.n_seeds == 2).all() and set(sel.selected_by) == {"val_acc"}
+    assert set(sel.test_split) == {"faithful", "heldout"}
     assert sel.test_ci.notna().all()  # two seeds: a confidence interval
     figures = sorted(p.name for p in (tmp_path / "results/figures").glob("*.png"))
     assert len(figures) == 6 and "task3_distractors.png" not in figures  # no Task 3 in this config
@@ -129,7 +138,7 @@ def test_a_preempted_training_job_resumes_on_the_retry(tmp_path):
     import psutil
 
     config = toy_config()
-    config.update(seeds=[1], data={"train_size": 2400, "val_size": 8, "test_size": 8})
+    config.update(seeds=[1], test_splits=["faithful"], data={"train_size": 2400, "val_size": 8, "test_size": 8})
     config["train"].update(eval_every=25)
     config["tasks"] = {"task1": {"amb": [3], "feat": [8], "lr": [0.01], "warmup": [1]}}
     config["resources"]["train"]["retries"] = 1

@@ -57,6 +57,8 @@ class RunConfig:
     eval_every: int = key(78, "updates between test evaluations (§11: 5000 // 64)")
     test_size: int | None = key(None, "test samples (None = all of the dataset's test set)")
     test_bs: int = key(50, "test batch size")
+    val_size: int = key(0, "validation samples: training-stream indices dataset_size .. dataset_size+val_size-1 (never trained on), "
+                           "tested under the test condition at the end of the run -> val_acc, val_loss (0 = none)")
     # inputs (§6); the task preset sets these
     gap_min: float = key(0.1, "shortest training gap, time units (1 step = 0.1)")
     gap_max: float = key(0.1, "longest training gap, time units")
@@ -68,6 +70,9 @@ class RunConfig:
     # operational (not part of the config hash)
     device: str = key("auto", "cpu, cuda, cuda:N or auto (cuda if available)")
     precision: str = key("auto", "fp32, bf16 (autocast, fp32 weights) or auto (bf16 on CUDA, fp32 on CPU)", ("auto", "fp32", "bf16"))
+    recompute: str = key("auto", "recompute each layer's activations in backward instead of keeping them (one more forward; "
+                                 "same result): true, false or auto (CUDA: on only if the micro-batch does not fit without it; CPU: off)",
+                         ("auto", "true", "false"))
     checkpoint_every: int = key(0, "also checkpoint every this many updates (0 = only at evaluations and on a signal)")
     final_checkpoint: str = key("full", "checkpoint kept at the end: full (resumable) or model (weights only, 1/3 of the size)", ("full", "model"))
     progress: str = key("auto", "progress bar: auto (only on a terminal), on, off", ("auto", "on", "off"))
@@ -89,7 +94,7 @@ class RunConfig:
         return config_hash(self.to_dict())
 
 
-OPERATIONAL_KEYS = frozenset({"device", "progress", "checkpoint_every", "final_checkpoint", "plugins"})
+OPERATIONAL_KEYS = frozenset({"device", "progress", "checkpoint_every", "final_checkpoint", "plugins", "recompute"})
 METADATA_KEYS = frozenset({"config_hash", "dataset"})  # written into a run's config.yaml; ignored on input
 
 # §9: the input settings of each task (Task 4 = `selectivbench evaluate` of a task2 run at test_gap 1, 2, 5, 10)
@@ -124,6 +129,10 @@ def coerce(name: str, value: Any) -> Any:
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     base = typing.get_origin(base) or base
+    if base is str and {"true", "false"} <= set(FIELDS[name].metadata["choices"] or ()):
+        # a true/false/auto key: YAML reads true/on/yes as booleans, --set passes them as text
+        text = str(value).strip().lower()
+        value = {"yes": "true", "on": "true", "1": "true", "no": "false", "off": "false", "0": "false"}.get(text, text)
     bad = ConfigError(f"config key {name!r}: cannot use {value!r} (expected {getattr(base, '__name__', base)}{' or none' if optional else ''})")
     if isinstance(value, str) and base is not str:
         text = value.strip()
@@ -224,6 +233,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key {name!r} must be > 0, got {getattr(cfg, name)}")
     if cfg.warmup < 0 or cfg.checkpoint_every < 0:
         raise ConfigError("config keys 'warmup' and 'checkpoint_every' must be >= 0")
+    if cfg.val_size < 0:
+        raise ConfigError(f"config key 'val_size' must be >= 0, got {cfg.val_size}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
     if cfg.micro_batch is not None and cfg.batch_size % cfg.micro_batch:
@@ -242,9 +253,16 @@ def to_yaml(cfg: RunConfig, extra: dict[str, Any] | None = None) -> str:
     return yaml.safe_dump(head, sort_keys=False) + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+def _default(name: str) -> Any:
+    f = FIELDS[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def differing_keys(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
-    """Non-operational keys whose values differ (a key missing on one side counts)."""
+    """Non-operational keys whose values differ (a key missing on one side counts, except a key
+    that `stored`, written by an older version, lacks while `cfg` has it at its default)."""
     now = cfg.hashed_dict()
+    stored = {**{k: _default(k) for k in now if k not in stored and now[k] == _default(k)}, **stored}
     names = sorted((set(stored) | set(now)) - OPERATIONAL_KEYS)
     return [f"{k}: {stored.get(k, '<missing>')!r} -> {now.get(k, '<missing>')!r}" for k in names if stored.get(k, "<missing>") != now.get(k, "<missing>")]
 

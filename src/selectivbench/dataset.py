@@ -35,6 +35,7 @@ from selectivbench.sampling import COMBINED_LEN, SEQ_LEN_MAX, SEQ_LEN_MIN, defau
 FORMAT = "selectivbench-dataset/1"
 FILES = ("transitions.txt", "classes.npy", "test_classes.npy")
 TEST_SPLITS = ("faithful", "heldout")
+TEST_KEYS = ("test_split", "test_size")  # choose the test samples; every other config key fixes the training ones
 
 
 class DatasetError(Exception):
@@ -74,6 +75,15 @@ def dataset_config(amb: int, seed: int, size: int, start: int = 0, test_split: s
         "seq_len_max": SEQ_LEN_MAX,
         "combined_seq_length": COMBINED_LEN,
     }
+
+
+def training_config(config: dict) -> dict:
+    """The training identity of a dataset config: the keys that determine its training samples.
+
+    Two datasets that differ only in TEST_KEYS hold the same training samples, so a run trained
+    on one can be tested on the other (`selectivbench evaluate`, held-out test mode).
+    """
+    return {k: v for k, v in config.items() if k not in TEST_KEYS}
 
 
 def index_range_of_test(config: dict) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
     selectivbench estimate --configfile config/paper.yaml
     selectivbench estimate --configfile config/paper.yaml --init-table   # (re)write estimated rows
-    selectivbench estimate --import-bench bench/results/bench_train_<date>_<host>_cuda.csv
+    selectivbench estimate --import-bench bench/results/bench_train_<date>_<host>_cuda.csv  # measured rows
 
 The cost of a run is its updates × the time of one update plus its test passes × the time of a
 test sample, looked up per (arch, task, feat) in a step-time table (default
@@ -10,6 +10,20 @@ bench/results/step_times.csv; columns arch, task, feat, ms_per_update, ms_per_te
 device, source, note). Rows with `source = measured` come from GPU benchmarks; a missing entry,
 or a row marked `estimated`, uses the FLOP model below, and the output says which share of the
 GPU-hours is estimated.
+
+--import-bench CSV turns a GPU benchmark's rows into `measured` rows (replacing the table's row of
+the same arch, task, feat; all other rows stay). Column names are matched case-insensitively,
+spaces and '/' read as '_'; accepted names, first match wins:
+  arch      arch
+  feat      feat, d, d_feat, feat_size        nominal model size
+  length    mean_len, T, length, seq_len      mean steps per sample of the timed batches
+  batch     batch, B                          samples per update (must be 64, the paper's)
+  ms        update_ms_median, ms_step, ms_per_step, ms_per_update, step_ms, ms   ms per update
+  optional: task (else the task whose mean training length is `length`, within 3 %; a length
+  that is no task's, e.g. a test length, is skipped), layers (must be 8; absent = 8), variant
+  (only `eager` = what `selectivbench train` runs), device (else the GPU and precision named in
+  the first line of the CSV's sibling .md, else --device), error (a row with one is skipped).
+bench/bench_train.py CSVs (real batches) and bench/bench_gpu.py CSVs (fixed-length batches) both fit.
 
 FLOP model (estimated entries): an update costs 6·P·B·L FLOPs (+ 6·layers·B·L²·d for softmax
 attention), a test sample 2·P·L (+ 2·layers·L²·d), at THROUGHPUT FLOP/s plus OVERHEAD_MS per
@@ -24,6 +38,7 @@ import csv
 import functools
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -191,7 +206,10 @@ def init_table(config: dict, path: str) -> int:
     from selectivbench.analysis.plan import plan, registered_architectures
 
     registered_architectures(config)
-    old = read_table(path)
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = {(r["arch"], r["task"], int(r["feat"])): r for r in csv.DictReader(line for line in f if not line.startswith("#"))}
     cm = CostModel(config, {})
     keys = sorted({(r.arch, r.task, r.feat, r.amb) for r in plan(config).runs if not r.skipped})
     best_amb = {}
@@ -204,41 +222,111 @@ def init_table(config: dict, path: str) -> int:
         w.writeheader()
         for (arch, task, feat), amb in sorted(best_amb.items()):
             hit = old.get((arch, task, feat))
-            if hit is not None and hit.source == "measured":
-                t, device, note = hit, "", "kept"
-            else:
-                t, device, note = cm.step_time(arch, task, feat, amb), "H100 (assumed)", f"FLOP model, amb {amb}"
+            if hit is not None and hit["source"] == "measured":
+                w.writerow(hit)  # as measured, device and note included
+                continue
+            t = cm.step_time(arch, task, feat, amb)
             w.writerow(dict(arch=arch, task=task, feat=feat, ms_per_update=f"{t.ms_per_update:.2f}",
-                            ms_per_test_sample=f"{t.ms_per_test_sample:.4f}", device=device, source=t.source, note=note))
+                            ms_per_test_sample=f"{t.ms_per_test_sample:.4f}", device="H100 (assumed)", source=t.source,
+                            note=f"FLOP model, amb {amb}"))
     return len(best_amb)
 
 
-def import_bench(bench_csv: str, path: str, layers: int = 8, batch: int = 64) -> int:
-    """Turn the rows of a `bench/bench_train.py` CSV measured at the paper's layers and batch into
-    `measured` rows of the step-time table (a test sample is taken as a third of an update per
-    sample, scaled to the test length: forward only)."""
-    rows = {}
+# column names accepted by --import-bench (normalized: lower case, runs of other characters -> '_')
+BENCH_COLUMNS = {
+    "arch": ("arch",),
+    "feat": ("feat", "d", "d_feat", "feat_size"),
+    "length": ("mean_len", "t", "length", "seq_len"),
+    "batch": ("batch", "b"),
+    "ms": ("update_ms_median", "ms_step", "ms_per_step", "ms_per_update", "step_ms", "ms"),
+    "task": ("task",),
+    "layers": ("layers",),
+    "variant": ("variant",),
+    "device": ("device", "gpu"),
+    "error": ("error",),
+}
+REQUIRED_BENCH_COLUMNS = ("arch", "feat", "length", "batch", "ms")
+TRAIN_TASKS = ("task1", "task2", "task3")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def bench_device(bench_csv: str) -> str | None:
+    """GPU and precision from the first line of the benchmark's sibling .md
+    (`# bench_train <date> on <host> / NVIDIA H100 80GB HBM3 / torch ... / bfloat16 / ...`)."""
+    md = os.path.splitext(bench_csv)[0] + ".md"
+    if not os.path.exists(md):
+        return None
+    with open(md) as f:
+        parts = [p.strip() for p in f.readline().split("/")]
+    gpu = next((p for p in parts if p.startswith(("NVIDIA", "AMD", "Tesla"))), None)
+    precision = next((p for p in parts if p in ("bfloat16", "float16", "float32", "bf16", "fp16", "fp32")), None)
+    return " ".join(p for p in (gpu, precision) if p) or None
+
+
+def task_of_length(length: float) -> str | None:
+    """The training task whose mean training sample has `length` steps (within 3 %)."""
+    return next((t for t in TRAIN_TASKS if abs(mean_length(t, "train") / length - 1) <= 0.03), None)
+
+
+def import_bench(bench_csv: str, path: str, layers: int = 8, batch: int = 64, device: str | None = None) -> tuple[int, list[str]]:
+    """Turn the rows of a GPU benchmark CSV (columns: module doc) measured at the paper's layers
+    and batch into `measured` rows of the step-time table; returns (rows imported, why others
+    were skipped). A test sample is taken as a third of an update per sample, scaled to the test
+    length (forward only)."""
+    rows, header = {}, None
     if os.path.exists(path):
         with open(path) as f:
-            rows = {(r["arch"], r["task"], r["feat"]): r for r in csv.DictReader(line for line in f if not line.startswith("#"))}
-    device = os.path.basename(bench_csv).rsplit("_", 1)[-1].removesuffix(".csv")
-    n = 0
+            lines = f.readlines()
+        header = next((line for line in lines if line.startswith("#")), None)
+        rows = {(r["arch"], r["task"], r["feat"]): r for r in csv.DictReader(line for line in lines if not line.startswith("#"))}
+    device = device or bench_device(bench_csv) or os.path.basename(bench_csv).rsplit("_", 1)[-1].removesuffix(".csv")
+    n, skipped = 0, []
     with open(bench_csv) as f:
-        for b in csv.DictReader(f):
-            if b.get("error") or int(b["layers"]) != layers or int(b["batch"]) != batch:
+        reader = csv.DictReader(f)
+        present = {_norm(c): c for c in reader.fieldnames or []}
+        col = {key: next((present[a] for a in names if a in present), None) for key, names in BENCH_COLUMNS.items()}
+        missing = [k for k in REQUIRED_BENCH_COLUMNS if col[k] is None]
+        if missing:
+            raise ValueError(f"{bench_csv}: no column for {', '.join(missing)} (accepted: "
+                             + "; ".join(f"{k}: {', '.join(BENCH_COLUMNS[k])}" for k in missing) + ")")
+        for i, raw in enumerate(reader, start=2):
+            b = {k: (raw[c] or "").strip() if c else "" for k, c in col.items()}
+            where = f"line {i} ({b['arch']} feat {b['feat']} length {b['length']})"
+            task = b["task"] or task_of_length(float(b["length"] or "nan"))
+            reason = ("error: " + b["error"] if b["error"] else "no time" if not b["ms"]
+                      else f"variant {b['variant']}" if b["variant"] not in ("", "eager")
+                      else f"layers {b['layers']} != {layers}" if b["layers"] and int(b["layers"]) != layers
+                      else f"batch {b['batch']} != {batch}" if int(b["batch"]) != batch
+                      else "length is no task's mean training length" if task is None else None)
+            if reason:
+                skipped.append(f"{where}: {reason}")
                 continue
-            update = float(b["update_ms_median"])
-            test = update / (3 * batch) * mean_length(b["task"], "test") / float(b["mean_len"])
-            rows[(b["arch"], b["task"], b["feat"])] = dict(
-                arch=b["arch"], task=b["task"], feat=b["feat"], ms_per_update=f"{update:.2f}", ms_per_test_sample=f"{test:.4f}",
-                device=device, source="measured", note=f"{os.path.basename(bench_csv)}; test pass derived (forward = update/3)")
+            update = float(b["ms"])
+            test = update / (3 * batch) * mean_length(task, "test") / float(b["length"])
+            rows[(b["arch"], task, str(int(b["feat"])))] = dict(
+                arch=b["arch"], task=task, feat=str(int(b["feat"])), ms_per_update=f"{update:.2f}", ms_per_test_sample=f"{test:.4f}",
+                device=b["device"] or device, source="measured",
+                note=f"{os.path.basename(bench_csv)}: length {b['length']}; test pass derived (forward = update/3)")
             n += 1
     with open(path, "w", newline="") as f:
-        f.write("# step times per (arch, task, feat); source = measured (GPU benchmark) or estimated (FLOP model)\n")
+        f.write(header or "# step times per (arch, task, feat); source = measured (GPU benchmark) or estimated (FLOP model)\n")
         w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
         w.writeheader()
         w.writerows(sorted(rows.values(), key=lambda r: (r["arch"], r["task"], int(r["feat"]))))
-    return n
+    return n, skipped
+
+
+def table_summary(table: dict, config: dict) -> str:
+    """How many table rows are measured, and how many of the config's (arch, task, feat) they cover."""
+    from selectivbench.analysis.plan import plan
+
+    measured = {k for k, t in table.items() if t.source == "measured"}
+    keys = {(r.arch, r.task, r.feat) for r in plan(config).runs if not r.skipped}
+    return (f"{len(measured)} of {len(table)} rows measured, {len(table) - len(measured)} estimated; "
+            f"{len(keys & measured)} of the config's {len(keys)} (arch, task, feat) use a measured step time")
 
 
 def cli_main(argv: list[str]) -> int:
@@ -248,11 +336,19 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--schema", default="workflow/schemas/config.schema.yaml", help="config schema (default: %(default)s)")
     p.add_argument("--step-times", default=TABLE, help="step-time table (default: %(default)s)")
     p.add_argument("--init-table", action="store_true", help="write estimated rows for the config's grid into --step-times (measured rows kept)")
-    p.add_argument("--import-bench", metavar="CSV", help="add the rows of a bench/bench_train.py CSV (8 layers, batch 64) to --step-times as measured")
+    p.add_argument("--import-bench", metavar="CSV", help="add the rows of a GPU benchmark CSV (8 layers, batch 64; columns: see above) "
+                                                        "to --step-times as measured")
+    p.add_argument("--device", help="with --import-bench: the device to record (default: from the CSV or its sibling .md)")
     args = p.parse_args(argv)
     if args.import_bench:
-        n = import_bench(args.import_bench, args.step_times)
+        try:
+            n, skipped = import_bench(args.import_bench, args.step_times, device=args.device)
+        except (OSError, ValueError) as err:
+            print(f"selectivbench estimate: error: --import-bench: {err}", file=sys.stderr)
+            return 2
         print(f"{n} measured rows from {args.import_bench} into {args.step_times}")
+        for line in skipped:
+            print(f"  skipped {line}")
         return 0
     from selectivbench.analysis.workflow_config import ConfigError
 
@@ -265,8 +361,10 @@ def cli_main(argv: list[str]) -> int:
         n = init_table(config, args.step_times)
         print(f"wrote {n} rows to {args.step_times}")
         return 0
-    rows = estimate(config, read_table(args.step_times))
+    table = read_table(args.step_times)
+    rows = estimate(config, table)
     print(f"config: {' + '.join([args.default_config] + args.configfile)}; step times: {args.step_times}")
+    print(f"step times: {table_summary(table, config)}")
     print(format_rows(rows))
     if any(r["estimated_share"] > 0 for r in rows):
         print("estimated = share of the GPU-hours from the FLOP model (no measured step time yet)")

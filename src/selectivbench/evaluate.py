@@ -6,6 +6,11 @@ test_dur in {1, 2, 5, 10} time units (10..100 steps per gap, L up to 20 200) and
 
     selectivbench evaluate --run RUN_DIR --dataset DIR --out OUT_DIR --set test_gap=10
 
+It also tests a run in the other test mode: `--dataset` may be any dataset directory with the
+run's training samples (same grammar, seed, size, start, ...) whatever its test split, e.g. the
+`heldout` twin of the `faithful` dataset the run was trained on; anything else is refused with
+the differing keys named.
+
 `run_test` is also the test pass of `selectivbench train`.
 """
 
@@ -48,12 +53,13 @@ def prefetched(make, keys):
         yield nxt.result()
 
 
-def _test_pass(model, classes, grammar, spec, seed, epoch, batch_size, device, dtype):
+def _test_pass(model, classes, grammar, spec, seed, epoch, batch_size, device, dtype, first_index=0):
     n = len(classes)
 
     def make(start):
         stop = min(n, start + batch_size)
-        batch = make_batch(classes[start:stop], np.arange(start, stop), grammar, spec, "test", seed, epoch)
+        index = np.arange(first_index + start, first_index + stop)
+        batch = make_batch(classes[start:stop], index, grammar, spec, "test", seed, epoch)
         return batch.pin_memory() if device.type == "cuda" else batch
 
     loss_sum = acc_sum = 0.0
@@ -72,8 +78,12 @@ def _test_pass(model, classes, grammar, spec, seed, epoch, batch_size, device, d
 
 
 @torch.no_grad()
-def run_test(model, classes, grammar, spec: InputSpec, seed: int, epoch: int, batch_size: int, device, dtype) -> dict:
+def run_test(model, classes, grammar, spec: InputSpec, seed: int, epoch: int, batch_size: int, device, dtype,
+             first_index: int = 0) -> dict:
     """Test loss/accuracy over `classes` (test indices 0..n-1), each batch weighted by its size (§8).
+
+    `first_index` shifts the indices that seed each sample's gaps/noise (the validation pass uses
+    its training-stream positions, so its inputs never repeat a test sample's).
 
     Batches follow index order (the reference shuffles them; the accuracy does not depend on the
     grouping, the loss only through the per-batch means). On CUDA out-of-memory the batch is
@@ -84,7 +94,7 @@ def run_test(model, classes, grammar, spec: InputSpec, seed: int, epoch: int, ba
     try:
         while True:
             try:
-                return _test_pass(model, classes, grammar, spec, seed, epoch, batch_size, device, dtype)
+                return _test_pass(model, classes, grammar, spec, seed, epoch, batch_size, device, dtype, first_index)
             except RuntimeError as err:
                 if device.type != "cuda" or not runio.is_oom(err) or batch_size == 1:
                     raise
@@ -111,9 +121,11 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, out_dir: str | Pa
 
     dataset = runio.open_dataset(dataset_dir)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    mismatch = runio.identity_mismatch(ckpt["dataset"], runio.dataset_identity(dataset, dataset_dir))
+    # only the training identity must match: the test split may differ (faithful -> held-out)
+    mismatch = runio.training_identity_mismatch(ckpt["dataset"], runio.dataset_identity(dataset, dataset_dir))
     if mismatch:
-        raise C.ConfigError(f"dataset {str(dataset_dir)!r} is not the one run {str(run_dir)!r} was trained on: {'; '.join(mismatch)}")
+        raise C.ConfigError(f"dataset {str(dataset_dir)!r} does not hold the training samples run {str(run_dir)!r} was trained on; "
+                            f"differing dataset keys: {'; '.join(mismatch)}")
 
     device = runio.pick_device(cfg)
     dtype = runio.pick_dtype(cfg, device)
@@ -135,6 +147,9 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path, out_dir: str | Pa
         "test_gap": cfg.input_spec().test_delay,
         "noise": cfg.noise,
         "test_size": n_test,
+        "test_split": dataset.meta["config"]["test_split"],
+        "test_indices": dataset.meta.get("test_indices"),
+        "dataset_config_hash": dataset.meta.get("config_hash"),
         "test_bs": result["test_bs_used"],
         "test_max_len": result["test_max_len"],
         "run": str(run_dir.resolve()),
@@ -160,7 +175,7 @@ def cli_main(argv: list[str]) -> int:
         epilog="keys --set may change: " + ", ".join(EVAL_KEYS),
     )
     p.add_argument("--run", required=True, help="a finished run directory of `selectivbench train` (config.yaml, checkpoint.pt)")
-    p.add_argument("--dataset", required=True, help="the dataset directory the run was trained on")
+    p.add_argument("--dataset", required=True, help="a dataset with the run's training samples; its test split may differ (faithful or heldout)")
     p.add_argument("--out", required=True, help="output directory; receives metrics.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a test-condition key, e.g. test_gap=10")
     args = p.parse_args(argv)

@@ -43,6 +43,8 @@ def open_dataset(path: str | Path):
 
 def dataset_identity(dataset, path: str | Path) -> dict[str, Any]:
     """What a checkpoint must agree on with the dataset it resumes on (the path may move)."""
+    from selectivbench.dataset import training_config
+
     g = dataset.grammar
     return {
         "path": str(Path(path).resolve()),
@@ -53,11 +55,36 @@ def dataset_identity(dataset, path: str | Path) -> dict[str, Any]:
         "grammar_seed": int(g.seed),
         "train_samples": int(len(dataset.train)),
         "test_samples": int(len(dataset.test)),
+        "train_config": training_config(dataset.meta["config"]),  # the dataset config without its test split
     }
 
 
 def identity_mismatch(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    return [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in now if k != "path" and stored.get(k) != now.get(k)]
+    """Resume check: every key must agree (keys a checkpoint of an older version lacks are covered
+    by its config_hash)."""
+    return [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in now if k != "path" and k in stored and stored.get(k) != now.get(k)]
+
+
+def training_identity_mismatch(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Evaluate check: the keys that fix the *training* samples must agree; the test split may differ.
+
+    Names each differing dataset config key. A checkpoint of an older version has only the hash of
+    the whole dataset config: it matches when some test split, with the checkpoint's test size,
+    completes the current training config to that hash.
+    """
+    from selectivbench.atomic import json_digest
+    from selectivbench.dataset import TEST_SPLITS
+
+    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in ("grammar", "amb", "depth", "grammar_seed", "train_samples")
+            if stored.get(k) != now.get(k)]
+    if "train_config" in stored:
+        a, b = stored["train_config"], now["train_config"]
+        diff += [f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}" for k in sorted(set(a) | set(b)) if a.get(k, "<missing>") != b.get(k, "<missing>")]
+    elif not any(json_digest({**now["train_config"], "test_split": s, "test_size": stored.get("test_samples")}) == stored.get("config_hash")
+                 for s in TEST_SPLITS):
+        diff.append(f"config_hash: {stored.get('config_hash')!r} matches no test split of this training config "
+                    "(a checkpoint of an older version: the differing keys are unknown)")
+    return diff
 
 
 # --- model ------------------------------------------------------------------------------------

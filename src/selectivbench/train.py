@@ -13,6 +13,11 @@ dropout off after the first evaluation (§15.3, `dropout_quirk`). Deviation: wit
 accumulation the micro-batch losses are *averaged* (the reference sums them, §15.9), so the clip
 threshold means the same whatever the micro-batch.
 
+Validation (`val_size` > 0, not in the reference): at the end, one test pass over the training
+stream's samples dataset_size .. dataset_size+val_size-1, which the run never trained on (sampled
+by index range when the dataset file stops earlier) -> val_acc, val_loss in metrics.json, used for
+hyper-parameter selection instead of the test set.
+
 Never loses a result: SIGTERM/SIGINT/SIGUSR1 make the run finish its update, write a checkpoint
 and exit 75; the same command resumes it, bit-identically on CPU. A NaN/Inf loss or gradient
 norm ends the run as `diverged` (exit 0, metrics written) so that a sweep goes on.
@@ -64,6 +69,7 @@ class Progress:
 
     update: int = 0  # optimizer updates done = data position / batch_size
     micro_batch: int = 0
+    recompute: bool = False  # activation recomputation (RecNet.recompute), chosen when the run started
     evals: list = field(default_factory=list)  # rows of evals.csv
     window_loss: float = 0.0  # sums over the updates since the last evaluation
     window_acc: float = 0.0
@@ -163,39 +169,54 @@ def train_update(model, optimizer, batches, n_micro: int, lr: float, grad_clip: 
     }
 
 
-def probe_micro_batch(model, batch_size: int, max_len: int, vocab: int, device, dtype) -> int:
-    """Largest divisor of batch_size whose forward+backward at the longest sequence fits (CUDA).
+def _probe_step(model, micro: int, max_len: int, vocab: int, device, dtype) -> None:
+    """One forward+backward of `micro` samples at the longest sequence (raises on out-of-memory).
 
     Adam's two moments do not exist yet: an equal amount of memory is held during the probe. The
     dropout RNG is restored afterwards, so probing does not change the run.
     """
     rng = torch.cuda.get_rng_state(device)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    micro = batch_size
+    reserve = x = labels = mask = logits = element = None
     try:
-        while True:
-            try:
-                reserve = torch.empty(2 * param_bytes, dtype=torch.uint8, device=device)
-                x = torch.zeros(micro, max_len, vocab, device=device)
-                labels = torch.zeros(micro, max_len, dtype=torch.long, device=device)
-                mask = torch.ones(micro, max_len, device=device)
-                with runio.autocast(device, dtype):
-                    logits = model(x)
-                element = torch.arange(max_len, device=device).mul(200).div(max_len, rounding_mode="floor").expand(micro, -1)
-                element_accuracy(logits.detach(), labels, element)
-                masked_cross_entropy(logits, labels, mask).backward()
-                torch.cuda.synchronize(device)
-                return micro
-            except RuntimeError as err:
-                if not runio.is_oom(err) or micro == 1:
-                    raise
-                micro = max(d for d in range(1, micro) if batch_size % d == 0 and d <= micro // 2) if micro > 1 else 1
-            finally:
-                reserve = x = labels = mask = logits = element = None
-                model.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
+        reserve = torch.empty(2 * param_bytes, dtype=torch.uint8, device=device)
+        x = torch.zeros(micro, max_len, vocab, device=device)
+        labels = torch.zeros(micro, max_len, dtype=torch.long, device=device)
+        mask = torch.ones(micro, max_len, device=device)
+        with runio.autocast(device, dtype):
+            logits = model(x)
+        element = torch.arange(max_len, device=device).mul(200).div(max_len, rounding_mode="floor").expand(micro, -1)
+        element_accuracy(logits.detach(), labels, element)
+        masked_cross_entropy(logits, labels, mask).backward()
+        torch.cuda.synchronize(device)
     finally:
+        reserve = x = labels = mask = logits = element = None
+        model.zero_grad(set_to_none=True)
         torch.cuda.set_rng_state(rng, device)
+
+
+def step_fits(model, micro: int, max_len: int, vocab: int, device, dtype) -> bool:
+    """Whether a training step of `micro` samples at the longest sequence fits in CUDA memory."""
+    try:
+        _probe_step(model, micro, max_len, vocab, device, dtype)
+        fits = True
+    except RuntimeError as err:
+        if not runio.is_oom(err):
+            raise
+        fits = False
+    torch.cuda.empty_cache()  # here, not in the except block: the error's traceback holds the step's tensors
+    return fits
+
+
+def probe_micro_batch(model, batch_size: int, max_len: int, vocab: int, device, dtype) -> int:
+    """Largest divisor of batch_size whose forward+backward at the longest sequence fits (CUDA)."""
+    micro = batch_size
+    while micro > 1 and not step_fits(model, micro, max_len, vocab, device, dtype):
+        micro = max(d for d in range(1, micro) if batch_size % d == 0 and d <= micro // 2)
+    if micro == 1:
+        _probe_step(model, 1, max_len, vocab, device, dtype)  # one sample must fit: raise its error if not
+        torch.cuda.empty_cache()
+    return micro
 
 
 class Run:
@@ -217,6 +238,14 @@ class Run:
         self.n_test = cfg.test_size or n_test
         if self.n_test > n_test:
             raise C.ConfigError(f"config key 'test_size' ({self.n_test}) exceeds the dataset's {n_test} test samples")
+        # validation = the training stream right after the trained samples (absolute sample indices)
+        first = self.dataset.meta["train_indices"][0] + self.dataset_size
+        self.val_indices = [first, first + cfg.val_size]
+        a, b = self.dataset.meta["test_indices"]
+        if cfg.val_size and a < self.val_indices[1] and first < b:
+            raise C.ConfigError(
+                f"config key 'val_size': validation samples {self.val_indices} overlap the dataset's {self.dataset.meta['test_split']} "
+                f"test samples [{a}, {b}); materialize it with --size >= dataset_size + val_size ({self.dataset_size + cfg.val_size})")
         self.spec = cfg.input_spec()
         self.device = runio.pick_device(cfg)
         self.dtype = runio.pick_dtype(cfg, self.device)
@@ -316,6 +345,40 @@ class Run:
         self.write_evals(progress.evals)
         return row
 
+    def val_classes(self) -> np.ndarray:
+        """Class ids of the validation samples: from classes.npy where materialized, the rest
+        sampled by index range with the dataset's own sampler (bit-exact, §4)."""
+        from selectivbench.sampling import default_workers, sample_classes
+
+        train, (first, stop) = self.dataset.train, self.val_indices
+        offset = self.dataset.meta["train_indices"][0]
+        have = np.asarray(train[first - offset : stop - offset])
+        if len(have) == stop - first:
+            return have
+        log.info("validation samples %d..%d are not in %s: sampling them", first + len(have), stop - 1, self.dataset_dir / "classes.npy")
+        extra = sample_classes(self.dataset.grammar, self.dataset.meta["config"]["seed"], first + len(have), stop, workers=default_workers())
+        return np.concatenate([have, extra])
+
+    def validate(self, model, progress: Progress, status: str) -> dict:
+        """val_acc/val_loss at the end of the run (once: a pass per evaluation would add ~10 % to a
+        GPU run), under the test condition. A diverged run is validated on its last checkpoint,
+        the state its headline (last evaluation) comes from; none -> no validation."""
+        if not self.cfg.val_size:
+            return {}
+        update = progress.update
+        if status == "diverged":
+            if not self.checkpoint_path.is_file():
+                return {"val_size": self.cfg.val_size, "val_indices": self.val_indices, "val_acc": None, "val_loss": None, "val_update": None}
+            ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            update = ckpt["progress"]["update"]
+        result = run_test(model, self.val_classes(), self.dataset.grammar, self.spec, self.cfg.seed, 0, self.cfg.test_bs,
+                          self.device, self.dtype, first_index=self.val_indices[0])
+        log.info("validation (samples %d..%d, update %d): loss %.4f acc %.4f", self.val_indices[0], self.val_indices[1] - 1,
+                 update, result["test_loss"], result["test_acc"])
+        return {"val_size": self.cfg.val_size, "val_indices": self.val_indices, "val_acc": result["test_acc"],
+                "val_loss": result["test_loss"], "val_update": update}
+
     def metrics(self, model, progress: Progress, status: str, diverged: dict | None) -> dict:
         evals = progress.evals
         final = evals[-1] if evals else {}
@@ -336,6 +399,7 @@ class Run:
             "num_parameters": model.num_parameters(), "width": model.width, "n_head": model.n_head,
             "state_size_per_layer": state, "state_size": state * self.cfg.layers if state is not None else None,
             "micro_batch": progress.micro_batch, "grad_accum": self.cfg.batch_size // progress.micro_batch,
+            "recompute": progress.recompute,
             "wall_s": progress.wall_s, "train_s": progress.train_s,
             "updates_per_s": progress.update / progress.train_s if progress.train_s else None,
             "tokens_per_s": progress.train_steps / progress.train_s if progress.train_s else None,
@@ -363,22 +427,26 @@ class Run:
         if ckpt is None:
             progress = Progress()
             model.train()
-            progress.micro_batch = cfg.micro_batch or self.auto_micro_batch(model)
+            progress.micro_batch, progress.recompute = self.memory_plan(model)
         else:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             progress = Progress(**ckpt["progress"])
             model.train(ckpt["model_training"])
             restore_rng(ckpt["rng"])
+            if cfg.recompute != "auto":  # operational: a resumed run may switch it (same result)
+                progress.recompute = cfg.recompute == "true"
             log.info("resuming at update %d (%d evaluations done)", progress.update, len(progress.evals))
             del ckpt
+        model.recompute = progress.recompute
         progress.sessions += 1
         self.write_evals(progress.evals)
         n_micro = cfg.batch_size // progress.micro_batch
         log.info(
-            "%s %s feat %d: %d parameters | %d updates (schedule %d) | micro-batch %d x %d | %s %s",
+            "%s %s feat %d: %d parameters | %d updates (schedule %d) | micro-batch %d x %d | recompute %s | %s %s",
             cfg.task, cfg.arch, cfg.feat_size, model.num_parameters(), self.stop_at, self.total_updates,
-            progress.micro_batch, n_micro, runio.describe_device(self.device), str(self.dtype).replace("torch.", ""),
+            progress.micro_batch, n_micro, "on" if progress.recompute else "off", runio.describe_device(self.device),
+            str(self.dtype).replace("torch.", ""),
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -432,7 +500,8 @@ class Run:
         progress.wall_s = wall_before + time.perf_counter() - session_start
         if status == "completed" and (cfg.final_checkpoint == "model" or self.saved_at != progress.update):
             self.save_checkpoint(model, optimizer, progress, full=cfg.final_checkpoint == "full")
-        metrics = self.metrics(model, progress, status, diverged)
+        val = self.validate(model, progress, status)
+        metrics = {**self.metrics(model, progress, status, diverged), **val}
         runio.atomic_write_json(self.out / "metrics.json", metrics)
         log.info(
             "%s: final test acc %s (best %s) after %d updates, %.1f s",
@@ -440,13 +509,27 @@ class Run:
         )
         return status
 
-    def auto_micro_batch(self, model) -> int:
+    def memory_plan(self, model) -> tuple[int, bool]:
+        """(micro-batch, recompute) of a new run. CPU: the configured values, auto recompute = off.
+        CUDA with recompute auto: off if the micro-batch (configured, else the whole batch) fits
+        without it, else on; then, unless configured, the micro-batch is probed (largest divisor of
+        the batch that fits). Recomputation (one more forward) thus comes before gradient accumulation."""
+        cfg = self.cfg
+        recompute = {"true": True, "false": False}.get(cfg.recompute)
         if self.device.type != "cuda":
-            return self.cfg.batch_size
-        max_len = self.spec.max_length("train")
-        micro = probe_micro_batch(model, self.cfg.batch_size, max_len, self.dataset.grammar.vocab, self.device, self.dtype)
-        log.info("auto micro-batch: %d (probed at length %d)", micro, max_len)
-        return micro
+            return cfg.micro_batch or cfg.batch_size, bool(recompute)
+        max_len, vocab = self.spec.max_length("train"), self.dataset.grammar.vocab
+        micro = cfg.micro_batch or cfg.batch_size
+        fitted = False
+        if recompute is None:
+            model.recompute = False
+            fitted = step_fits(model, micro, max_len, vocab, self.device, self.dtype)
+            recompute = not fitted
+        model.recompute = recompute
+        if cfg.micro_batch is None and not fitted:
+            micro = probe_micro_batch(model, cfg.batch_size, max_len, vocab, self.device, self.dtype)
+        log.info("memory plan: micro-batch %d, recompute %s (sequences up to %d steps)", micro, "on" if recompute else "off", max_len)
+        return micro, recompute
 
 
 def train(cfg: C.RunConfig, dataset_dir: str | Path, out_dir: str | Path) -> str:

@@ -8,18 +8,19 @@ localrules:
     tabulate_taxonomy,
     tabulate_parameter_counts,
     tabulate_grammars,
+    judge_claims,
 
 
 rule aggregate_runs:
     input:
-        PLAN.run_metrics(),
-        PLAN.evaluation_metrics(),
+        finished(PLAN.run_metrics()),
+        finished(PLAN.evaluation_metrics()),
     output:
-        parquet="results/runs.parquet",
-        csv="results/runs.csv",
-        curves="results/curves.parquet",
+        parquet=path("results/runs.parquet"),
+        csv=path("results/runs.csv"),
+        curves=path("results/curves.parquet"),
     log:
-        "logs/aggregate_runs.log",
+        path("logs/aggregate_runs.log"),
     conda:
         CONDA_ENV
     script:
@@ -28,11 +29,11 @@ rule aggregate_runs:
 
 rule select_hyperparameters:
     input:
-        "results/runs.parquet",
+        path("results/runs.parquet"),
     output:
         **table_output("selection"),
     log:
-        "logs/select_hyperparameters.log",
+        path("logs/select_hyperparameters.log"),
     conda:
         CONDA_ENV
     params:
@@ -45,7 +46,7 @@ rule tabulate_taxonomy:
     output:
         **table_output("taxonomy"),
     log:
-        "logs/tabulate_taxonomy.log",
+        path("logs/tabulate_taxonomy.log"),
     conda:
         CONDA_ENV
     script:
@@ -56,7 +57,7 @@ rule tabulate_parameter_counts:
     output:
         **table_output("parameter_counts"),
     log:
-        "logs/tabulate_parameter_counts.log",
+        path("logs/tabulate_parameter_counts.log"),
     conda:
         CONDA_ENV
     script:
@@ -69,8 +70,23 @@ rule tabulate_grammars:
     output:
         **table_output("grammars"),
     log:
-        "logs/tabulate_grammars.log",
+        path("logs/tabulate_grammars.log"),
     conda:
         CONDA_ENV
     script:
         "../scripts/tabulate.py"
+
+
+rule judge_claims:
+    input:
+        runs=path("results/runs.parquet"),
+    output:
+        **table_output("claims"),
+    log:
+        path("logs/judge_claims.log"),
+    conda:
+        CONDA_ENV
+    params:
+        confidence=config["selection"]["confidence"],
+    script:
+        "../scripts/judge_claims.py"

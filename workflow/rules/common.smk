@@ -19,14 +19,56 @@ SCHEMA = os.path.join(
 
 check(config, SCHEMA, registered=grid.registered_architectures)
 PLAN = grid.plan(config)
+RESULTS = config["results_dir"]  # every output lives under it (config/README.md)
+# from_rows: analyse the metrics.json files present; no job trains or evaluates
+FROM_ROWS = config["from_rows"]
 EXTRA_SPLITS = config["test_splits"][1:]  # tested in the training job (--also-test)
-# the `--set` arguments shared by all runs of a task (the rules add their wildcards)
+# the `--set` arguments of the runs of a task and architecture (the rules add their wildcards)
 TASK_SET_ARGS = {
-    task: set_args(task_settings(config, task))
+    (task, arch): set_args(task_settings(config, task, arch))
     for task in grid.TRAIN_TASKS
     if task in config["tasks"]
+    for arch in config["architectures"]
 }
-GAP_SET_ARGS = set_args(config["tasks"].get("task4", {}).get("set", {}))
+GAP_GRID = config["tasks"].get(grid.GAP_TASK, {})
+GAP_SET_ARGS = {
+    arch: set_args(
+        {**GAP_GRID.get("set", {}), **GAP_GRID.get("arch_set", {}).get(arch, {})}
+    )
+    for arch in config["architectures"]
+}
+
+
+def path(template):
+    """A path (template) of the default output tree, under this config's results_dir."""
+    return grid.rooted(template, RESULTS)
+
+
+SEED_RANK = {str(seed): i for i, seed in enumerate(config["seeds"])}
+
+
+def job_priority(task):
+    """Priority of a job of `task`: tasks.<task>.priority; with seed_major, earlier seeds first."""
+
+    def priority(wildcards):
+        base = config["tasks"].get(task or wildcards.task, {}).get("priority", 0)
+        if not config["seed_major"]:
+            return base
+        return base + 1_000_000 * (len(SEED_RANK) - 1 - SEED_RANK[wildcards.seed])
+
+    return priority
+
+
+def gpu_mem(kind, task=None):
+    """The resource `gpu_mem_mb` of a job: tasks.<task>.gpu_mem (per architecture), else resources."""
+
+    def mem(wildcards):
+        declared = config["tasks"].get(task or wildcards.task, {}).get("gpu_mem")
+        if isinstance(declared, dict):
+            declared = declared.get(wildcards.arch, declared.get("default"))
+        return config["resources"][kind]["gpu_mem_mb"] if declared is None else declared
+
+    return mem
 
 
 wildcard_constraints:
@@ -46,9 +88,9 @@ def per_attempt(kind, key):
 def figure_output(name, subcategory):
     """PDF + PNG of a figure; the PNG goes into the report with its caption."""
     return dict(
-        pdf=f"results/figures/{name}.pdf",
+        pdf=path(f"results/figures/{name}.pdf"),
         png=report(
-            f"results/figures/{name}.png",
+            path(f"results/figures/{name}.png"),
             caption=f"../report/{name}.rst",
             category="Figures",
             subcategory=subcategory,
@@ -58,10 +100,10 @@ def figure_output(name, subcategory):
 
 def table_output(name):
     return dict(
-        csv=f"results/tables/{name}.csv",
-        md=f"results/tables/{name}.md",
+        csv=path(f"results/tables/{name}.csv"),
+        md=path(f"results/tables/{name}.md"),
         html=report(
-            f"results/tables/{name}.html",
+            path(f"results/tables/{name}.html"),
             caption=f"../report/{name}.rst",
             category="Tables",
         ),
@@ -79,9 +121,22 @@ def also_test_args():
 def final_targets():
     figures = ["task_illustration", "training_curves"]
     figures += list(grid.figure_runs(config, PLAN))
-    tables = ["taxonomy", "parameter_counts", "selection", "grammars"]
+    tables = ["taxonomy", "parameter_counts", "selection", "grammars", "claims"]
     return (
-        [f"results/figures/{name}.{ext}" for name in figures for ext in ("pdf", "png")]
-        + [f"results/tables/{name}.{ext}" for name in tables for ext in ("csv", "md")]
-        + ["results/runs.parquet", "results/runs.csv"]
+        [
+            path(f"results/figures/{name}.{ext}")
+            for name in figures
+            for ext in ("pdf", "png")
+        ]
+        + [
+            path(f"results/tables/{name}.{ext}")
+            for name in tables
+            for ext in ("csv", "md")
+        ]
+        + [path("results/runs.parquet"), path("results/runs.csv")]
     )
+
+
+def finished(files):
+    """from_rows: only the metrics.json files that exist (the others are `missing` rows)."""
+    return [f for f in files if os.path.exists(f)] if FROM_ROWS else files

@@ -5,10 +5,10 @@
 
 rule sample_grammar:
     output:
-        txt=grid.GRAMMAR_FILE,
-        json=grid.GRAMMAR_SUMMARY,
+        txt=path(grid.GRAMMAR_FILE),
+        json=path(grid.GRAMMAR_SUMMARY),
     log:
-        "logs/sample_grammar/amb{amb}_seed{seed}.log",
+        path("logs/sample_grammar/amb{amb}_seed{seed}.log"),
     conda:
         CONDA_ENV
     threads: 1
@@ -21,16 +21,16 @@ rule sample_grammar:
 
 rule materialize_dataset:
     input:
-        grammar=grid.GRAMMAR_FILE,
+        grammar=path(grid.GRAMMAR_FILE),
     output:
-        meta=grid.DATA_FILES["meta.json"],
-        classes=grid.DATA_FILES["classes.npy"],
-        test=grid.DATA_FILES["test_classes.npy"],
-        transitions=grid.DATA_FILES["transitions.txt"],
+        meta=path(grid.DATA_FILES["meta.json"]),
+        classes=path(grid.DATA_FILES["classes.npy"]),
+        test=path(grid.DATA_FILES["test_classes.npy"]),
+        transitions=path(grid.DATA_FILES["transitions.txt"]),
     log:
-        "logs/materialize_dataset/{split}/amb{amb}_seed{seed}.log",
+        path("logs/materialize_dataset/{split}/amb{amb}_seed{seed}.log"),
     benchmark:
-        "benchmarks/materialize_dataset/{split}/amb{amb}_seed{seed}.tsv"
+        path("benchmarks/materialize_dataset/{split}/amb{amb}_seed{seed}.tsv")
     conda:
         CONDA_ENV
     threads: config["resources"]["dataset"]["threads"]

@@ -15,7 +15,7 @@ rule draw_task_illustration:
     output:
         **figure_output("task_illustration", "Tasks"),
     log:
-        "logs/draw/task_illustration.log",
+        path("logs/draw/task_illustration.log"),
     conda:
         CONDA_ENV
     params:
@@ -26,11 +26,11 @@ rule draw_task_illustration:
 
 rule draw_task1_complexity:
     input:
-        selection="results/tables/selection.csv",
+        selection=path("results/tables/selection.csv"),
     output:
         **figure_output("task1_complexity", "Task 1"),
     log:
-        "logs/draw/task1_complexity.log",
+        path("logs/draw/task1_complexity.log"),
     conda:
         CONDA_ENV
     script:
@@ -39,11 +39,11 @@ rule draw_task1_complexity:
 
 rule draw_task1_model_size:
     input:
-        selection="results/tables/selection.csv",
+        selection=path("results/tables/selection.csv"),
     output:
         **figure_output("task1_model_size", "Task 1"),
     log:
-        "logs/draw/task1_model_size.log",
+        path("logs/draw/task1_model_size.log"),
     conda:
         CONDA_ENV
     params:
@@ -54,11 +54,11 @@ rule draw_task1_model_size:
 
 rule draw_task2_noise_gaps:
     input:
-        selection="results/tables/selection.csv",
+        selection=path("results/tables/selection.csv"),
     output:
         **figure_output("task2_noise_gaps", "Task 2"),
     log:
-        "logs/draw/task2_noise_gaps.log",
+        path("logs/draw/task2_noise_gaps.log"),
     conda:
         CONDA_ENV
     script:
@@ -67,11 +67,11 @@ rule draw_task2_noise_gaps:
 
 rule draw_task3_distractors:
     input:
-        selection="results/tables/selection.csv",
+        selection=path("results/tables/selection.csv"),
     output:
         **figure_output("task3_distractors", "Task 3"),
     log:
-        "logs/draw/task3_distractors.log",
+        path("logs/draw/task3_distractors.log"),
     conda:
         CONDA_ENV
     script:
@@ -80,11 +80,11 @@ rule draw_task3_distractors:
 
 rule draw_task4_gap_generalization:
     input:
-        selection="results/tables/selection.csv",
+        selection=path("results/tables/selection.csv"),
     output:
         **figure_output("task4_gap_generalization", "Task 4"),
     log:
-        "logs/draw/task4_gap_generalization.log",
+        path("logs/draw/task4_gap_generalization.log"),
     conda:
         CONDA_ENV
     script:
@@ -93,13 +93,13 @@ rule draw_task4_gap_generalization:
 
 rule draw_training_curves:
     input:
-        selection="results/tables/selection.csv",
-        curves="results/curves.parquet",
-        runs="results/runs.parquet",
+        selection=path("results/tables/selection.csv"),
+        curves=path("results/curves.parquet"),
+        runs=path("results/runs.parquet"),
     output:
         **figure_output("training_curves", "Training"),
     log:
-        "logs/draw/training_curves.log",
+        path("logs/draw/training_curves.log"),
     conda:
         CONDA_ENV
     script:

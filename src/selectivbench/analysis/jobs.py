@@ -51,14 +51,17 @@ def supports_key(name: str) -> bool:
     return name in FIELDS
 
 
-def task_settings(config: dict, task: str) -> dict:
+def task_settings(config: dict, task: str, arch: str | None = None) -> dict:
     """Run-config keys shared by every training run of `task` (the rule adds the wildcards:
-    task, arch, feat_size, lr, warmup, seed)."""
+    task, arch, feat_size, lr, warmup, seed), then those of `tasks.<task>.arch_set.<arch>`.
+    `set`/`arch_set` may lower dataset_size (checked by workflow_config)."""
     data = config["data"]
-    settings = {**config.get("train", {}), **config["tasks"][task].get("set", {})}
-    settings.update(dataset_size=data["train_size"], test_size=data["test_size"])
+    settings = {**config.get("train", {}), "dataset_size": data["train_size"], "test_size": data["test_size"]}
     if data.get("val_size") and supports_key("val_size"):
         settings["val_size"] = data["val_size"]
+    settings.update(config["tasks"][task].get("set", {}))
+    if arch is not None:
+        settings.update(config["tasks"][task].get("arch_set", {}).get(arch, {}))
     if config.get("plugins"):
         settings["plugins"] = list(config["plugins"])
     return settings

@@ -32,6 +32,27 @@ GAP_EVAL_LOG = "logs/evaluate_gap_generalization/{split}/{arch}/" + RUN_NAME + "
 GRAMMAR_FILE = "results/grammars/amb{amb}_seed{seed}.txt"
 GRAMMAR_SUMMARY = "results/grammars/amb{amb}_seed{seed}.json"
 
+# The templates above use the default results directory; config key `results_dir` moves a
+# config's whole output tree (results/, logs/, benchmarks/) under another folder, e.g.
+# results/replication (the committed one).
+DEFAULT_RESULTS_DIR = "results"
+
+
+def rooted(path: str, results_dir: str = DEFAULT_RESULTS_DIR) -> str:
+    """A path (template) of the default tree under `results_dir`.
+
+    results/X -> <results_dir>/X; logs/X, benchmarks/X -> <results_dir>/logs/X, .../benchmarks/X.
+    With the default results_dir every path is unchanged.
+    """
+    if results_dir == DEFAULT_RESULTS_DIR:
+        return path
+    root = results_dir.rstrip("/")
+    if path.startswith("results/"):
+        return root + path[len("results"):]
+    if path.startswith(("logs/", "benchmarks/")):
+        return f"{root}/{path}"
+    return path
+
 # Regexes for the wildcards above: specific enough that every path matches one rule only,
 # and cheap to match (the paper DAG has ~15 000 jobs).
 WILDCARD_CONSTRAINTS = {
@@ -73,6 +94,7 @@ class Run:
     warmup: int
     seed: int
     skipped: bool = field(default=False, compare=False)  # the architecture has no model at this feat
+    root: str = field(default=DEFAULT_RESULTS_DIR, compare=False)  # the config's results_dir
 
     @property
     def keys(self) -> dict:
@@ -80,7 +102,7 @@ class Run:
 
     @property
     def dir(self) -> str:
-        return RUN_DIR.format(**self.keys)
+        return rooted(RUN_DIR, self.root).format(**self.keys)
 
 
 @dataclass(frozen=True)
@@ -99,8 +121,8 @@ class Evaluation:
     @property
     def dir(self) -> str:
         if self.task == GAP_TASK:
-            return GAP_EVAL_DIR.format(**self.run.keys, split=self.split, gap=fmt(self.test_gap))
-        return SPLIT_EVAL_DIR.format(**self.run.keys, split=self.split)
+            return rooted(GAP_EVAL_DIR, self.run.root).format(**self.run.keys, split=self.split, gap=fmt(self.test_gap))
+        return rooted(SPLIT_EVAL_DIR, self.run.root).format(**self.run.keys, split=self.split)
 
 
 @dataclass
@@ -110,12 +132,13 @@ class Plan:
     datasets: list[tuple[int, int, str]]  # (amb, seed, split)
     grammars: list[tuple[int, int]]  # (amb, seed)
     train_split: str
+    root: str = DEFAULT_RESULTS_DIR
 
     def run_metrics(self) -> list[str]:
         return [f"{r.dir}/metrics.json" for r in self.runs if not r.skipped]
 
     def grammar_summaries(self) -> list[str]:
-        return [GRAMMAR_SUMMARY.format(amb=amb, seed=seed) for amb, seed in self.grammars]
+        return [rooted(GRAMMAR_SUMMARY, self.root).format(amb=amb, seed=seed) for amb, seed in self.grammars]
 
     def evaluation_metrics(self) -> list[str]:
         return [f"{e.dir}/metrics.json" for e in self.evaluations if not e.skipped]
@@ -136,6 +159,7 @@ def plan(config: dict, model_width: Callable[[str, int], int | None] | None = No
         model_width = registry_model_width
     archs, seeds = config["architectures"], config["seeds"]
     splits = config["test_splits"]
+    root = config.get("results_dir", DEFAULT_RESULTS_DIR)
     train_split = splits[0]
     width_cache: dict[tuple[str, int], bool] = {}
 
@@ -155,7 +179,7 @@ def plan(config: dict, model_width: Callable[[str, int], int | None] | None = No
                     for lr in grid["lr"]:
                         for warmup in grid["warmup"]:
                             for seed in seeds:
-                                runs.append(Run(task, arch, feat, amb, float(lr), warmup, seed, skipped(arch, feat)))
+                                runs.append(Run(task, arch, feat, amb, float(lr), warmup, seed, skipped(arch, feat), root))
 
     evaluations = []
     gap_grid = task_grid(config, GAP_TASK)
@@ -167,7 +191,7 @@ def plan(config: dict, model_width: Callable[[str, int], int | None] | None = No
                     for lr in gap_grid["lr"]:
                         for warmup in gap_grid["warmup"]:
                             for seed in seeds:
-                                run = Run(GAP_SOURCE_TASK, arch, feat, amb, float(lr), warmup, seed, skipped(arch, feat))
+                                run = Run(GAP_SOURCE_TASK, arch, feat, amb, float(lr), warmup, seed, skipped(arch, feat), root)
                                 for gap in gap_grid["test_gap"]:
                                     for split in splits:
                                         evaluations.append(Evaluation(GAP_TASK, run, split, float(gap)))
@@ -176,7 +200,7 @@ def plan(config: dict, model_width: Callable[[str, int], int | None] | None = No
 
     datasets = sorted({(r.amb, r.seed, train_split) for r in runs} | {(e.run.amb, e.run.seed, e.split) for e in evaluations})
     grammars = sorted({(amb, seed) for amb, seed, _ in datasets})
-    return Plan(runs, evaluations, datasets, grammars, train_split)
+    return Plan(runs, evaluations, datasets, grammars, train_split, root)
 
 
 def registry_model_width(arch: str, feat: int) -> int | None:

@@ -68,7 +68,7 @@ def semantic_errors(config: dict, registered=None) -> list[str]:
 
     `registered(config)` returns the architecture names known after loading the config's plugins.
     """
-    errs = []
+    errs, names = [], None
     for i, plugin in enumerate(config.get("plugins", [])):
         if (plugin.endswith(".py") or os.sep in plugin) and not os.path.exists(plugin):
             errs.append(f"config key 'plugins[{i}]': file {plugin!r} not found (paths are relative to the working directory)")
@@ -99,12 +99,36 @@ def semantic_errors(config: dict, registered=None) -> list[str]:
         grid = task_grid(config, task)
         if grid is not None and len({fmt(float(x)) for x in grid["lr"]}) != len(grid["lr"]):
             errs.append(f"config key 'tasks.{task}.lr': two learning rates print the same ({grid['lr']})")
-    for scope in ["train"] + [f"tasks.{t}.set" for t in TRAIN_TASKS + (GAP_TASK,)]:
-        settings = config.get("train", {}) if scope == "train" else (task_grid(config, scope.split(".")[1]) or {}).get("set", {})
-        for key in settings:
-            if key in MANAGED_KEYS:
+    for scope, task, settings in settings_scopes(config):
+        for key, value in settings.items():
+            if task in TRAIN_TASKS and key == "dataset_size":  # a smaller training set for this task/architecture
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= config["data"]["train_size"]:
+                    errs.append(f"config key '{scope}.{key}': {value!r} must be an integer in 1..data.train_size ({config['data']['train_size']})")
+            elif task == GAP_TASK and key == "test_size":  # fewer test samples for the long Task-4 sequences
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= config["data"]["test_size"]:
+                    errs.append(f"config key '{scope}.{key}': {value!r} must be an integer in 1..data.test_size ({config['data']['test_size']})")
+            elif key in MANAGED_KEYS:
                 errs.append(f"config key '{scope}.{key}': set by the workflow from {MANAGED_KEYS[key]}; remove it here")
+            elif task == GAP_TASK:
+                from selectivbench.evaluate import EVAL_KEYS
+
+                if key not in EVAL_KEYS:
+                    errs.append(f"config key '{scope}.{key}': Task 4 only tests a trained run; it may set {', '.join(EVAL_KEYS)}")
+    for task in TRAIN_TASKS + (GAP_TASK,):
+        for arch in (task_grid(config, task) or {}).get("arch_set", {}):  # an unused entry is fine, a typo is not
+            if arch not in config["architectures"] and arch not in (names or []):
+                errs.append(f"config key 'tasks.{task}.arch_set.{arch}': {arch!r} is no registered architecture")
     return errs
+
+
+def settings_scopes(config: dict) -> list[tuple[str, str | None, dict]]:
+    """(config key, task or None, settings) of `train`, every `tasks.<task>.set` and `arch_set` entry."""
+    scopes = [("train", None, config.get("train", {}))]
+    for task in TRAIN_TASKS + (GAP_TASK,):
+        grid = task_grid(config, task) or {}
+        scopes.append((f"tasks.{task}.set", task, grid.get("set", {})))
+        scopes += [(f"tasks.{task}.arch_set.{arch}", task, s) for arch, s in grid.get("arch_set", {}).items()]
+    return scopes
 
 
 # run-config keys that the workflow sets itself for every run, and where they come from
@@ -132,16 +156,33 @@ def run_config_errors(config: dict) -> list[str]:
         if grid is None:
             continue
         scope = f"'train' + 'tasks.{task}.set'" if grid.get("set") else "'train'"
+        base = {**config.get("train", {}), **grid.get("set", {}), "task": GAP_SOURCE_TASK if task == GAP_TASK else task}
         try:
-            resolve({**config.get("train", {}), **grid.get("set", {}), "task": GAP_SOURCE_TASK if task == GAP_TASK else task})
+            resolve(base)
         except RunConfigError as err:
             errs.append(f"config key {scope}: {err}")
+        for arch, settings in grid.get("arch_set", {}).items():
+            try:
+                resolve({**base, **settings})
+            except RunConfigError as err:
+                errs.append(f"config key {scope} + 'tasks.{task}.arch_set.{arch}': {err}")
     return errs
+
+
+def command_line_booleans(config: dict, schema: dict) -> None:
+    """`--config from_rows=true` arrives as the string 'true' (Snakemake parses only True/False):
+    read true/false/yes/no as booleans for the top-level boolean keys."""
+    words = {"true": True, "yes": True, "false": False, "no": False}
+    for key, prop in schema.get("properties", {}).items():
+        value = config.get(key)
+        if prop.get("type") == "boolean" and isinstance(value, str) and value.lower() in words:
+            config[key] = words[value.lower()]
 
 
 def check(config: dict, schema_path: str, registered=None) -> dict:
     """Validate `config` in place (defaults filled) or raise ConfigError listing every problem."""
     schema = load_schema(schema_path)
+    command_line_booleans(config, schema)
     errs = schema_errors(config, schema)
     if not errs:
         fill_defaults(config, schema)

@@ -47,6 +47,123 @@ def unit_lower_inverse(A: torch.Tensor, method: str = "solve") -> torch.Tensor:
     raise ValueError(f"inverse method must be one of {INVERSE_METHODS}, got {method!r}")
 
 
+def _decay_matrix(b: torch.Tensor | None, C: int, ft: torch.dtype, device, rows=slice(None)) -> torch.Tensor:
+    """Γ_ij = exp(b_i − b_j) for i ≥ j, else 0, for the rows i in `rows`; b None (no decay): the
+    causal mask. The exponent is masked before exp (pitfall P1)."""
+    causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()[rows]
+    if b is None:  # saves three C×C passes
+        return causal.to(ft)
+    return (b[..., rows, None] - b[..., None, :]).masked_fill(~causal, -math.inf).exp()
+
+
+class _UTTransform(torch.autograd.Function):
+    """W = T·diag(β e^b) K and U = T·diag(β) V with T = (I + A)⁻¹, A_ij = β_i (k_i·k_j) Γ_ij (i > j).
+
+    k, v (BH, N, C, ·) in the matmul dtype; β, b (BH, N, C) fp32 (b None: no decay). Saves its
+    inputs and T in k's dtype (as fla does); backward recomputes Γ, K Kᵀ and the scaled K, V
+    and differentiates the inverse as dA = −Tᵀ dT Tᵀ. Autograd would keep five C×C fp32 tensors
+    and two scaled copies of K, V per chunk (a third of a Gated DeltaProduct layer's memory).
+    """
+
+    @staticmethod
+    def forward(ctx, k, v, beta, b, inverse):
+        dt = k.dtype
+        gamma = _decay_matrix(b, k.shape[-2], beta.dtype, k.device)
+        A = ((k @ k.transpose(-1, -2)) * gamma * beta[..., :, None]).tril(-1)  # bf16·fp32 → fp32 in one pass
+        Tinv = unit_lower_inverse(A, inverse).to(dt)
+        eb = beta if b is None else beta * b.exp()
+        W = Tinv @ (k * eb[..., None]).to(dt)
+        U = Tinv @ (v * beta[..., None]).to(dt)
+        ctx.save_for_backward(k, v, beta, b, Tinv)
+        return W, U
+
+    @staticmethod
+    def backward(ctx, dW, dU):
+        k, v, beta, b, Tinv = ctx.saved_tensors
+        dt, ft = k.dtype, beta.dtype
+        with torch.autocast(k.device.type, enabled=False):
+            gamma = _decay_matrix(b, k.shape[-2], ft, k.device)
+            eb = beta if b is None else beta * b.exp()
+            kb, vb = (k * eb[..., None]).to(dt), (v * beta[..., None]).to(dt)
+            Tt = Tinv.transpose(-1, -2)
+            dT = dW @ kb.transpose(-1, -2) + dU @ vb.transpose(-1, -2)
+            dkb, dvb = (Tt @ dW).to(ft), (Tt @ dU).to(ft)
+            Tt = Tt.to(ft)
+            dA = (Tt @ dT.to(ft) @ Tt).tril_(-1).neg_()  # d(I + A)⁻¹ = −T dA T
+            G = dA.mul_(gamma)  # ∂/∂(β_i k_i·k_j) of A_ij
+            KK = (k @ k.transpose(-1, -2)).to(ft)
+            GKK = G * KK
+            dkk = (G * beta[..., :, None]).to(dt)
+            dk = (dkk @ k + dkk.transpose(-1, -2) @ k).to(ft) + dkb * eb[..., None]
+            deb = (dkb * k.to(ft)).sum(-1)  # ∂/∂(β e^b)
+            dbeta = GKK.sum(-1) + (dvb * v.to(ft)).sum(-1) + (deb if b is None else deb * b.exp())
+            db = None
+            if b is not None:  # Γ_ij = exp(b_i − b_j): P_ij = dA_ij A_ij flows to b_i and against b_j
+                P = GKK.mul_(beta[..., :, None])
+                db = P.sum(-1) - P.sum(-2) + deb * eb
+            dv = (dvb * beta[..., None]).to(v.dtype)
+        return dk.to(dt), dv, dbeta, db, None
+
+
+class _ChunkStates(torch.autograd.Function):
+    """States entering each chunk, S_{n+1} = M_n S_n + X_n with M_n = e^{b_C} I − K̃ᵀW,
+    X_n = K̃ᵀU, K̃ = diag(e^{b_C − b}) K: all M, X at once, then one baddbmm per serial step (fp32).
+
+    k, W, U (BH, N, C, ·) in the matmul dtype dt, b (BH, N, C) fp32, S0 (BH, K, V) fp32.
+    Returns (entry states (BH, N, K, V) in dt, final state fp32). Saves its inputs and the entry
+    states in dt only (as fla does); backward runs the adjoint recurrence g_n = M_nᵀ g_{n+1} + ∂S_n
+    one chunk at a time, recomputing M_n. Autograd would keep every state twice (fp32 and dt) and
+    every M_n (fp32).
+    """
+
+    @staticmethod
+    def forward(ctx, k, b, W, U, S0):
+        dt, ft = k.dtype, b.dtype
+        b_last = b[..., -1:]
+        k_decayed_t = (k * (b_last - b).exp()[..., None]).to(dt).transpose(-1, -2)
+        M = b_last.exp()[..., None] * torch.eye(k.shape[-1], dtype=ft, device=k.device) - k_decayed_t @ W
+        X = (k_decayed_t @ U).to(ft)
+        S, states = S0, []
+        for M_n, X_n in zip(M.unbind(1), X.unbind(1)):
+            states.append(S)
+            S = torch.baddbmm(X_n, M_n, S)
+        S_in = torch.stack(states, dim=1).to(dt)
+        ctx.save_for_backward(k, b, W, U, S_in)
+        return S_in, S
+
+    @staticmethod
+    def backward(ctx, dS_in, dS):
+        k, b, W, U, S_in = ctx.saved_tensors
+        dt, ft = k.dtype, b.dtype
+        with torch.autocast(k.device.type, enabled=False):
+            b_last = b[..., -1:]
+            decay = (b_last - b).exp()
+            k_decayed = (k * decay[..., None]).to(dt)
+            e = b_last.exp()[..., 0]  # (BH, N)
+            eye = torch.eye(k.shape[-1], dtype=ft, device=k.device)
+            g = dS.to(ft)  # ∂L/∂S_{n+1}, walking back
+            dk_decayed, dW, dU = torch.empty_like(k_decayed), torch.empty_like(W), torch.empty_like(U)
+            de = e.new_empty(e.shape)
+            for n in reversed(range(k.shape[1])):
+                kd, W_n = k_decayed[:, n], W[:, n]
+                dM = g @ S_in[:, n].to(ft).transpose(-1, -2)
+                de[:, n] = dM.diagonal(dim1=-2, dim2=-1).sum(-1)
+                dM_, g_ = dM.to(dt), g.to(dt)
+                dk_decayed[:, n] = U[:, n] @ g_.transpose(-1, -2) - W_n @ dM_.transpose(-1, -2)
+                dW[:, n] = -(kd @ dM_)
+                dU[:, n] = kd @ g_
+                M_n = e[:, n, None, None] * eye - kd.transpose(-1, -2) @ W_n
+                g = torch.baddbmm(dS_in[:, n].to(ft), M_n.transpose(-1, -2), g)
+            dk_decayed = dk_decayed.to(ft)
+            dk = (dk_decayed * decay[..., None]).to(dt)
+            db = None
+            if ctx.needs_input_grad[1]:  # K̃ = diag(e^{b_C − b}) K and M's e^{b_C}
+                s = (dk_decayed * k.to(ft)).sum(-1) * decay
+                db = -s
+                db[..., -1] += s.sum(-1) + de * e
+        return dk, db, dW, dU, g if ctx.needs_input_grad[4] else None
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -66,9 +183,9 @@ def chunk_gated_delta_rule(
     r−1, 2r−1, …): r = n_h is Gated DeltaProduct on its interleaved sequence, r = 1 the usual
     case. Matmul operands are in q's dtype, except the serial state pass S ← M S + X, which
     runs in fp32 like the cumsums, Γ, A and its inverse. o has q's dtype, the final state is
-    fp32 (float64 inputs: everything float64). Autograd differentiates it all (no custom
-    backward), which keeps the per-chunk tensors (pitfall P12): one Gated DeltaNet layer's
-    forward+backward peaked at 3.8 GiB at B 64, T 1300, d 256 (H100, autocast bf16).
+    fp32 (float64 inputs: everything float64). The UT transform and the state pass have
+    hand-written backwards that keep T and the entry states in q's dtype and recompute the rest
+    (pitfall P12: autograd kept ~2.3× more per layer); the output stage is left to autograd.
     """
     B, H, T, K = k.shape
     V = v.shape[-1]
@@ -98,38 +215,19 @@ def chunk_gated_delta_rule(
         else:  # chunk-local inclusive cumulative log-decay (pitfall P3)
             b = pad_time(g.to(ft), C, dim=2).reshape(BH, N, C).cumsum(-1)
 
-        # Γ_ij = exp(b_i − b_j) for i ≥ j, else 0: mask the exponent before exp (pitfall P1)
-        causal = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
-        if g is None:  # no decay: Γ is the causal mask (saves three C×C passes)
-            gamma = causal.to(ft)
-        else:
-            gamma = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf).exp()
-
         # UT transform: A_ij = β_i (k_i·k_j) Γ_ij for i > j; W = T·diag(β e^b) K, U = T·diag(β) V
-        A = ((k @ k.transpose(-1, -2)) * gamma * beta[..., :, None]).tril(-1)  # bf16·fp32 → fp32 in one pass
-        Tinv = unit_lower_inverse(A, inverse).to(dt)
-        W = Tinv @ (k * (beta * b.exp())[..., None]).to(dt)
-        U = Tinv @ (v * beta[..., None]).to(dt)
+        W, U = _UTTransform.apply(k, v, beta, None if g is None else b, inverse)
 
-        # chunk transition S_{n+1} = M_n S_n + X_n with M_n = e^{b_C} I − K̃ᵀW, X_n = K̃ᵀU,
-        # K̃ = diag(e^{b_C − b}) K: all chunks at once, leaving one baddbmm per serial step
-        b_last = b[..., -1:]
-        k_decayed_t = (k * (b_last - b).exp()[..., None]).to(dt).transpose(-1, -2)
-        M = b_last.exp()[..., None] * torch.eye(K, dtype=ft, device=k.device) - k_decayed_t @ W
-        X = (k_decayed_t @ U).to(ft)
-
-        S = q.new_zeros(BH, K, V, dtype=ft) if initial_state is None else initial_state.to(ft).reshape(BH, K, V)
-        states = []
-        # unbind, not X[:, n]: the backward of indexing would write a full-size zero tensor per step
-        for M_n, X_n in zip(M.unbind(1), X.unbind(1)):
-            states.append(S)
-            S = torch.baddbmm(X_n, M_n, S)
-        S_in = torch.stack(states, dim=1).to(dt).flatten(0, 1)  # state entering each chunk (BH·N, K, V)
+        # chunk transition S_{n+1} = M_n S_n + X_n, the serial pass in fp32
+        S0 = q.new_zeros(BH, K, V, dtype=ft) if initial_state is None else initial_state.to(ft).reshape(BH, K, V)
+        S_in, S = _ChunkStates.apply(k, b, W, U, S0)
+        S_in = S_in.flatten(0, 1)  # state entering each chunk (BH·N, K, V)
 
         # new values Ṽ = U − W S_n;  o = scale · [ diag(e^b) Q S_n + (Q Kᵀ ⊙ Γ) Ṽ ] (fused baddbmm)
         V_new = torch.baddbmm(U.flatten(0, 1), W.flatten(0, 1), S_in, alpha=-1)
         rows = slice(r - 1, None, r)  # the query sub-steps
-        scores = ((q @ k.transpose(-1, -2)) * gamma[..., rows, :]).to(dt).flatten(0, 1)
+        gamma = _decay_matrix(None if g is None else b, C, ft, k.device, rows)
+        scores = ((q @ k.transpose(-1, -2)) * gamma).to(dt).flatten(0, 1)
         inter = (q * b[..., rows].exp()[..., None]).to(dt).flatten(0, 1) @ S_in
         o = torch.baddbmm(inter, scores, V_new, beta=scale, alpha=scale)
         o = o.reshape(B, H, N * Cq, V)[:, :, :Tq]

@@ -20,8 +20,38 @@ class ShortConv(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))).transpose(1, 2)
-        return F.silu(y) if self.activation else y
+        return _ShortConv.apply(x, self.conv.weight, self.conv.bias, self.activation)
+
+
+class _ShortConv(torch.autograd.Function):
+    """ShortConv's pad -> depthwise conv -> SiLU, saving only the input x (B, T, C): backward
+    recomputes the padded input and the conv output, which autograd would keep (2 extra bytes
+    per element in bf16). Runs in the conv's dtype (bf16 under autocast) both ways."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation):
+        pad = weight.shape[-1] - 1
+        y = F.conv1d(F.pad(x.transpose(1, 2), (pad, 0)), weight, bias, groups=weight.shape[0])
+        ctx.save_for_backward(x, weight, bias)
+        ctx.activation, ctx.dtype = activation, y.dtype
+        return (F.silu(y) if activation else y).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        dt, channels, pad = ctx.dtype, weight.shape[0], weight.shape[-1] - 1
+        with torch.autocast(x.device.type, enabled=False):
+            xp, w = F.pad(x.transpose(1, 2).to(dt), (pad, 0)), weight.to(dt)
+            dy = dout.transpose(1, 2).to(dt)
+            if ctx.activation:
+                y = F.conv1d(xp, w, None if bias is None else bias.to(dt), groups=channels)
+                dy = torch.ops.aten.silu_backward(dy, y)
+            need = ctx.needs_input_grad
+            dx, dw, db = torch.ops.aten.convolution_backward(
+                dy, xp, w, None if bias is None else [channels], [1], [0], [1], False, [0], channels,
+                [need[0], need[1], bias is not None and need[2]])
+        return (None if dx is None else dx[..., pad:].transpose(1, 2).to(x.dtype),
+                None if dw is None else dw.to(weight.dtype), None if db is None else db.to(bias.dtype), None)
 
 
 def qkv_projections(d_model: int, key_dim: int, value_dim: int, n_sub: int = 1) -> tuple[nn.Linear, ...]:
@@ -61,35 +91,47 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class _RMSNorm(torch.autograd.Function):
-    """y = x·rstd·w in fp32, rounded to x's dtype; then, with a gate, y·silu(gate) (fla's
-    FusedRMSNormGated). Saves the inputs and the per-row rstd; backward recomputes the rest
+    """y = x·rstd·w in fp32, rounded to x's dtype; with a gate, y·silu(gate) (fla's
+    FusedRMSNormGated) or, gate_first, the norm of x·silu(gate) (mamba_ssm's RMSNormGated with
+    norm_before_gate=False). Saves the inputs and the per-row rstd; backward recomputes the rest
     (autograd would keep 3–4 fp32 copies of x)."""
 
     @staticmethod
-    def forward(ctx, x, weight, gate, eps):
-        xf = x.float()
+    def forward(ctx, x, weight, gate, eps, gate_first=False):
+        x_in = x * F.silu(gate.float()) if gate_first else x
+        xf = x_in.float()
         rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-        y = (xf * rstd * weight.float()).to(x.dtype)
+        y = (xf * rstd * weight.float()).to(x_in.dtype)
         ctx.save_for_backward(x, weight, gate, rstd)
-        if gate is None:
+        ctx.gate_first = gate_first
+        if gate is None or gate_first:
             return y
         return (y.float() * F.silu(gate.float())).to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
         x, weight, gate, rstd = ctx.saved_tensors
-        n, w, dy = x.float() * rstd, weight.float(), dout.float()
+        w, dy = weight.float(), dout.float()
         dgate = None
         if gate is not None:
             gf = gate.float()
             sig = torch.sigmoid(gf)
-            y = (n * w).to(x.dtype).float()  # the rounded y of the forward
-            dgate = (dy * y * sig * (1 + gf * (1 - sig))).to(gate.dtype)
-            dy = dy * (gf * sig)
+            dsilu = sig * (1 + gf * (1 - sig))
+        if ctx.gate_first:
+            n = (x * (gf * sig)).float() * rstd
+        else:
+            n = x.float() * rstd
+            if gate is not None:
+                y = (n * w).to(x.dtype).float()  # the rounded y of the forward
+                dgate = (dy * y * dsilu).to(gate.dtype)
+                dy = dy * (gf * sig)
         dw = (dy * n).reshape(-1, n.shape[-1]).sum(0).to(weight.dtype)
         dn = dy * w
         dx = rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
-        return dx.to(x.dtype), dw, dgate, None
+        if ctx.gate_first:  # dx is the gradient of x·silu(gate)
+            dgate = (dx * x.float() * dsilu).to(gate.dtype)
+            dx = dx * (gf * sig)
+        return dx.to(x.dtype), dw, dgate, None, None
 
 
 class RMSNorm(nn.Module):
@@ -102,6 +144,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _RMSNorm.apply(x, self.weight, None, self.eps)
+
+    def gate_first(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """rmsnorm(x·silu(gate))·w, fused (mamba_ssm's RMSNormGated, norm_before_gate=False)."""
+        return _RMSNorm.apply(x, self.weight, gate, self.eps, True)
 
 
 class GatedRMSNorm(RMSNorm):

@@ -124,7 +124,7 @@ class Mamba2(Mixer):
         A = -torch.exp(self.A_log.float())
         x = x.view(b, T, H, P).transpose(1, 2)  # (b, H, T, P)
         a = (dt * A).transpose(1, 2)  # (b, H, T) log decay Δ·A
-        x_dt = (x.float() * dt.transpose(1, 2).unsqueeze(-1)).to(x.dtype)
+        x_dt = (x * dt.transpose(1, 2).unsqueeze(-1)).to(x.dtype)  # fp32 product; autograd keeps x, not an fp32 copy
         B, C = B.unsqueeze(1), C.unsqueeze(1)  # (b, 1, T, N): one group shared by all heads
         if self.mode == "chunk":
             y = chunk_ssd(x_dt, a, B, C, chunk_size=self.chunk_size)
@@ -132,7 +132,7 @@ class Mamba2(Mixer):
             y = naive_ssd(x_dt, a, B, C)
         else:
             raise ValueError(f"mamba2: mode must be 'chunk' or 'naive', got {self.mode!r}")
-        y = y.float() + self.D.float()[:, None, None] * x.float()
+        y = y.float() + self.D.float()[:, None, None] * x  # fp32 (bf16 x is promoted exactly)
         y = y.transpose(1, 2).reshape(b, T, self.d_inner)
-        y = self.norm(y * F.silu(z.float()))  # gate first, RMS over all d_inner (norm_before_gate=False)
+        y = self.norm.gate_first(y, z)  # gate first, RMS over all d_inner (norm_before_gate=False), fused
         return self.out_proj(y.to(u.dtype))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from selectivbench.models.registry import count_parameters, get_mixer
 
@@ -35,6 +36,7 @@ class RecNet(nn.Module):
         d_state: int | None = None,
         dropout: float = 0.2,
         chunk_size: int | None = None,
+        recompute: bool = False,
     ):
         super().__init__()
         mixer_cls = get_mixer(arch)
@@ -53,6 +55,23 @@ class RecNet(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(n_layers))
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(width, num_classes)
+        # activation recomputation: keep only each layer's input for backward and run the layer's
+        # forward again there (one extra forward; the saved activations of 8 layers -> of 1)
+        self.recompute = recompute
+
+    @property
+    def recompute(self) -> bool:
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, value: bool | str) -> None:
+        # a bool, or the config key's "true"/"false"; "auto" is decided by the training run
+        # (train.Run.memory_plan: does a step fit without it?), not by the model
+        flag = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+        if not isinstance(flag, bool):
+            raise ValueError(f"RecNet.recompute must be True/False (or 'true'/'false'), got {value!r}; "
+                             "'auto' is resolved by selectivbench.train (step_fits)")
+        self._recompute = flag
 
     def set_mode(self, mode: str) -> None:
         """Switch every mixer between its chunked kernel ("chunk") and the naive recurrence ("naive")."""
@@ -61,10 +80,19 @@ class RecNet(nn.Module):
         for m in self.mixers:
             m.mode = mode
 
+    def block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i: mixer -> dropout -> residual -> norm."""
+        return self.norms[i](h + self.dropout(self.mixers[i](h)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
-        for mixer, norm in zip(self.mixers, self.norms):
-            h = norm(h + self.dropout(mixer(h)))
+        for i in range(len(self.mixers)):
+            if self.recompute and torch.is_grad_enabled():
+                # non-reentrant checkpoint: restores the RNG state (same dropout masks) and the
+                # autocast state when it replays the layer in backward
+                h = checkpoint(self.block, i, h, use_reentrant=False)
+            else:
+                h = self.block(i, h)
         return self.decoder(h)
 
     def num_parameters(self) -> int:
