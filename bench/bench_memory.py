@@ -41,9 +41,11 @@ from selectivbench.inputs import Batch
 from selectivbench.memory import LiveBytes, saved_tensor_bytes
 from selectivbench.metrics import masked_cross_entropy
 from selectivbench.models import RecNet, available, get_mixer, load_plugins
+from selectivbench.models import gated_delta_net as gdn
 
 VOCAB, CLASSES = 41, 1601  # amb 40 (the paper's Task 2)
 GiB = 2**30
+SLICE = getattr(gdn, "BACKWARD_SLICE", 2**25)
 
 
 def synthetic_batch(B: int, T: int, device) -> Batch:
@@ -73,9 +75,14 @@ def build(arch: str, feat: int, layers: int, recompute: bool, device, proxy: boo
     return model.train()
 
 
-def proxy_run(arch, feat, T, B, layers, recompute, device, dtype) -> dict:
-    """One forward + backward under the trackers: saved bytes, held bytes after forward, peak."""
+def proxy_run(arch, feat, T, B, layers, recompute, device, dtype, target_batch: int) -> dict:
+    """One forward + backward under the trackers: saved bytes, held bytes after forward, peak.
+
+    Backwards that work in slices of a fixed size (gated_delta_net.BACKWARD_SLICE) get a slice
+    scaled by B / target_batch, so the small run has the target's slice count and every
+    transient stays proportional to B."""
     model = build(arch, feat, layers, recompute, device, proxy=True)
+    gdn.BACKWARD_SLICE = max(1, SLICE * B // target_batch)
     batch = synthetic_batch(B, T, device)
     with LiveBytes() as mem:
         with saved_tensor_bytes() as saved:
@@ -97,7 +104,8 @@ def bilinear(runs: dict, key: str, L: int, B: int) -> tuple[float, float]:
 
 
 def proxy(arch, args, device, dtype, recompute: bool) -> dict:
-    runs = {(l, b): proxy_run(arch, args.feat, args.T, b, l, recompute, device, dtype) for l in (1, 2) for b in (1, 2)}
+    runs = {(l, b): proxy_run(arch, args.feat, args.T, b, l, recompute, device, dtype, args.batch) for l in (1, 2) for b in (1, 2)}
+    gdn.BACKWARD_SLICE = SLICE
     n_params = build(arch, args.feat, args.layers, recompute, "cpu").num_parameters()
     out = {}
     for key in ("saved", "held", "peak"):

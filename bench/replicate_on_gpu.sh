@@ -36,7 +36,10 @@ mkdir -p /tmp/site && python3 -m pip install -q --no-index --find-links .whl --n
 SITE=$(find /tmp/site -type d \( -name site-packages -o -name dist-packages \) | paste -sd: -)  # lib/, lib64/ ...
 export PYTHONPATH="$SITE:$PWD/src" PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # less fragmentation with jobs side by side
-mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python && export PATH="/tmp/bin:$PATH"  # rules call `python`
+# the rules call `python`: a wrapper of python3 (not a symlink: a venv's
+# interpreter finds its packages from the path it was called by)
+mkdir -p /tmp/bin && rm -f /tmp/bin/python && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >/tmp/bin/python && chmod +x /tmp/bin/python
+export PATH="/tmp/bin:$PATH"
 python3 -m snakemake --version >/dev/null || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "[replicate] setup took $(( $(date +%s) - START )) s"

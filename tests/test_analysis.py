@@ -102,8 +102,10 @@ def test_defaults_are_filled_and_shared_defaults_are_copies():
     check(config, SCHEMA)
     assert config["test_splits"] == ["faithful"] and config["plugins"] == []
     assert config["data"] == {"train_size": 8, "val_size": 1000, "test_size": 1000}
-    assert config["resources"]["train"] == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0, "retries": 0}
+    assert config["resources"]["train"] == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0, "gpu_mem_mb": 0, "retries": 0}
     assert config["selection"]["confidence"] == 0.95
+    assert (config["results_dir"], config["seed_major"], config["from_rows"]) == ("results", False, False)
+    assert config["tasks"]["task1"]["arch_set"] == {} and config["tasks"]["task1"]["priority"] == 0
     config["train"]["x"] = 1
     assert "x" not in config["tasks"]["task1"]["set"]
 

@@ -146,14 +146,19 @@ def run_hours(cm: CostModel, config: dict, item) -> tuple[float, bool]:
     """(GPU-hours, estimated?) of one training run or one Task-4 evaluation."""
     from selectivbench.analysis.plan import Evaluation
 
-    data, train = config["data"], config.get("train", {})
+    from selectivbench.analysis.jobs import task_settings
+
+    data = config["data"]
     if isinstance(item, Evaluation):
+        gap = config["tasks"]["task4"]  # test_size may be lowered by set / arch_set
+        test_size = {**gap.get("set", {}), **gap.get("arch_set", {}).get(item.run.arch, {})}.get("test_size", data["test_size"])
         t = cm.step_time(item.run.arch, "task4", item.run.feat, item.run.amb, item.test_gap)
-        return data["test_size"] * t.ms_per_test_sample / 3.6e6, t.source != "measured"
-    updates = data["train_size"] // cm.batch
+        return test_size * t.ms_per_test_sample / 3.6e6, t.source != "measured"
+    train = task_settings(config, item.task, item.arch)  # train + set + arch_set (dataset_size, ...)
+    updates = int(train["dataset_size"]) // cm.batch
     if train.get("max_updates"):
         updates = min(updates, int(train["max_updates"]))
-    evals = updates // int(train.get("eval_every", 78))
+    evals = max(1, updates // int(train.get("eval_every", 78)))  # a run shorter than eval_every tests once at the end
     t = cm.step_time(item.arch, item.task, item.feat, item.amb)
     test_ms = (evals * data["test_size"] + data.get("val_size", 0)) * t.ms_per_test_sample
     extra_splits = len(config["test_splits"]) - 1  # the held-out test pass of the same job

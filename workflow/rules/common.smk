@@ -52,6 +52,8 @@ def job_priority(task):
 
     def priority(wildcards):
         base = config["tasks"].get(task or wildcards.task, {}).get("priority", 0)
+        if isinstance(base, dict):
+            base = base.get(wildcards.arch, base.get("default", 0))
         if not config["seed_major"]:
             return base
         return base + 1_000_000 * (len(SEED_RANK) - 1 - SEED_RANK[wildcards.seed])

@@ -20,6 +20,7 @@ from selectivbench.models.layers import GatedRMSNorm, l2norm, pad_time, qkv_proj
 from selectivbench.models.registry import Mixer, register
 
 INVERSE_METHODS = ("solve", "doubling")
+BACKWARD_SLICE = 2**25  # elements per fp32 temporary in the UT transform's backward (128 MiB)
 
 
 def unit_lower_inverse(A: torch.Tensor, method: str = "solve") -> torch.Tensor:
@@ -80,29 +81,46 @@ class _UTTransform(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dW, dU):
         k, v, beta, b, Tinv = ctx.saved_tensors
-        dt, ft = k.dtype, beta.dtype
+        lead, (C, K), V = k.shape[:-2], k.shape[-2:], v.shape[-1]
+        flat = lambda t: t.reshape(-1, *t.shape[len(lead):])  # noqa: E731  (BH·N, C, ·): chunks are independent
+        k, v, beta, Tinv, dW, dU = map(flat, (k, v, beta, Tinv, dW, dU))
+        b = None if b is None else flat(b)
+        dk, dv, dbeta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
+        db = None if b is None else torch.empty_like(b)
+        step = max(1, BACKWARD_SLICE // (C * max(K, V)))  # bounds the fp32 temporaries
         with torch.autocast(k.device.type, enabled=False):
-            gamma = _decay_matrix(b, k.shape[-2], ft, k.device)
-            eb = beta if b is None else beta * b.exp()
-            kb, vb = (k * eb[..., None]).to(dt), (v * beta[..., None]).to(dt)
-            Tt = Tinv.transpose(-1, -2)
-            dT = dW @ kb.transpose(-1, -2) + dU @ vb.transpose(-1, -2)
-            dkb, dvb = (Tt @ dW).to(ft), (Tt @ dU).to(ft)
-            Tt = Tt.to(ft)
-            dA = (Tt @ dT.to(ft) @ Tt).tril_(-1).neg_()  # d(I + A)⁻¹ = −T dA T
-            G = dA.mul_(gamma)  # ∂/∂(β_i k_i·k_j) of A_ij
-            KK = (k @ k.transpose(-1, -2)).to(ft)
-            GKK = G * KK
-            dkk = (G * beta[..., :, None]).to(dt)
-            dk = (dkk @ k + dkk.transpose(-1, -2) @ k).to(ft) + dkb * eb[..., None]
-            deb = (dkb * k.to(ft)).sum(-1)  # ∂/∂(β e^b)
-            dbeta = GKK.sum(-1) + (dvb * v.to(ft)).sum(-1) + (deb if b is None else deb * b.exp())
-            db = None
-            if b is not None:  # Γ_ij = exp(b_i − b_j): P_ij = dA_ij A_ij flows to b_i and against b_j
-                P = GKK.mul_(beta[..., :, None])
-                db = P.sum(-1) - P.sum(-2) + deb * eb
-            dv = (dvb * beta[..., None]).to(v.dtype)
-        return dk.to(dt), dv, dbeta, db, None
+            for i in range(0, k.shape[0], step):
+                r = slice(i, i + step)
+                out = _UTTransform._backward(k[r], v[r], beta[r], None if b is None else b[r], Tinv[r], dW[r], dU[r])
+                dk[r], dv[r], dbeta[r] = out[:3]
+                if db is not None:
+                    db[r] = out[3]
+        unflat = lambda t: None if t is None else t.view(*lead, *t.shape[1:])  # noqa: E731
+        return unflat(dk), unflat(dv), unflat(dbeta), unflat(db), None
+
+    @staticmethod
+    def _backward(k, v, beta, b, Tinv, dW, dU):
+        dt, ft = k.dtype, beta.dtype
+        gamma = _decay_matrix(b, k.shape[-2], ft, k.device)
+        eb = beta if b is None else beta * b.exp()
+        kb, vb = (k * eb[..., None]).to(dt), (v * beta[..., None]).to(dt)
+        Tt = Tinv.transpose(-1, -2)
+        dT = dW @ kb.transpose(-1, -2) + dU @ vb.transpose(-1, -2)
+        dkb, dvb = (Tt @ dW).to(ft), (Tt @ dU).to(ft)
+        Tt = Tt.to(ft)
+        dA = (Tt @ dT.to(ft) @ Tt).tril_(-1).neg_()  # d(I + A)⁻¹ = −T dA T
+        G = dA.mul_(gamma)  # ∂/∂(β_i k_i·k_j) of A_ij
+        KK = (k @ k.transpose(-1, -2)).to(ft)
+        GKK = G * KK
+        dkk = (G * beta[..., :, None]).to(dt)
+        dk = (dkk @ k + dkk.transpose(-1, -2) @ k).to(ft) + dkb * eb[..., None]
+        deb = (dkb * k.to(ft)).sum(-1)  # ∂/∂(β e^b)
+        dbeta = GKK.sum(-1) + (dvb * v.to(ft)).sum(-1) + (deb if b is None else deb * b.exp())
+        db = None
+        if b is not None:  # Γ_ij = exp(b_i − b_j): P_ij = dA_ij A_ij flows to b_i and against b_j
+            P = GKK.mul_(beta[..., :, None])
+            db = P.sum(-1) - P.sum(-2) + deb * eb
+        return dk.to(dt), (dvb * beta[..., None]).to(v.dtype), dbeta, db
 
 
 class _ChunkStates(torch.autograd.Function):
@@ -135,30 +153,30 @@ class _ChunkStates(torch.autograd.Function):
     def backward(ctx, dS_in, dS):
         k, b, W, U, S_in = ctx.saved_tensors
         dt, ft = k.dtype, b.dtype
+        need_b = ctx.needs_input_grad[1]
         with torch.autocast(k.device.type, enabled=False):
             b_last = b[..., -1:]
             decay = (b_last - b).exp()
-            k_decayed = (k * decay[..., None]).to(dt)
             e = b_last.exp()[..., 0]  # (BH, N)
             eye = torch.eye(k.shape[-1], dtype=ft, device=k.device)
             g = dS.to(ft)  # ∂L/∂S_{n+1}, walking back
-            dk_decayed, dW, dU = torch.empty_like(k_decayed), torch.empty_like(W), torch.empty_like(U)
-            de = e.new_empty(e.shape)
-            for n in reversed(range(k.shape[1])):
-                kd, W_n = k_decayed[:, n], W[:, n]
+            dk, dW, dU = torch.empty_like(k), torch.empty_like(W), torch.empty_like(U)
+            de, s = e.new_empty(e.shape), b.new_empty(b.shape)
+            for n in reversed(range(k.shape[1])):  # one chunk at a time: no full-size temporaries
+                kd, W_n = (k[:, n] * decay[:, n, :, None]).to(dt), W[:, n]
                 dM = g @ S_in[:, n].to(ft).transpose(-1, -2)
                 de[:, n] = dM.diagonal(dim1=-2, dim2=-1).sum(-1)
                 dM_, g_ = dM.to(dt), g.to(dt)
-                dk_decayed[:, n] = U[:, n] @ g_.transpose(-1, -2) - W_n @ dM_.transpose(-1, -2)
+                dkd = (U[:, n] @ g_.transpose(-1, -2) - W_n @ dM_.transpose(-1, -2)).to(ft)
+                dk[:, n] = dkd * decay[:, n, :, None]
+                if need_b:  # K̃ = diag(e^{b_C − b}) K: the exponent's gradient
+                    s[:, n] = (dkd * k[:, n].to(ft)).sum(-1) * decay[:, n]
                 dW[:, n] = -(kd @ dM_)
                 dU[:, n] = kd @ g_
                 M_n = e[:, n, None, None] * eye - kd.transpose(-1, -2) @ W_n
                 g = torch.baddbmm(dS_in[:, n].to(ft), M_n.transpose(-1, -2), g)
-            dk_decayed = dk_decayed.to(ft)
-            dk = (dk_decayed * decay[..., None]).to(dt)
             db = None
-            if ctx.needs_input_grad[1]:  # K̃ = diag(e^{b_C − b}) K and M's e^{b_C}
-                s = (dk_decayed * k.to(ft)).sum(-1) * decay
+            if need_b:  # b_C enters through every exponent of its chunk and through M's e^{b_C}
                 db = -s
                 db[..., -1] += s.sum(-1) + de * e
         return dk, db, dW, dU, g if ctx.needs_input_grad[4] else None
