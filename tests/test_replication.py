@@ -213,7 +213,7 @@ def test_command_line_booleans_and_task_settings():
     config = checked(config)
     assert config["from_rows"] is True
     mamba, gla = task_settings(config, "task2", "mamba"), task_settings(config, "task2", "gla")
-    assert mamba["dataset_size"] == 3200 and gla["dataset_size"] == 20000
+    assert mamba["dataset_size"] == 3200 and gla["dataset_size"] == config["data"]["train_size"] == 10000
     assert mamba["micro_batch"] == gla["micro_batch"] == 32
     assert task_settings(config, "task2", "gated_delta_product")["micro_batch"] == 16
 
