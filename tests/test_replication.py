@@ -215,7 +215,8 @@ def test_command_line_booleans_and_task_settings():
     mamba, gla = task_settings(config, "task2", "mamba"), task_settings(config, "task2", "gla")
     assert mamba["dataset_size"] == 3200 and gla["dataset_size"] == config["data"]["train_size"] == 10000
     assert mamba["micro_batch"] == gla["micro_batch"] == 32
-    assert task_settings(config, "task2", "gated_delta_product")["micro_batch"] == 16
+    gdp = task_settings(config, "task2", "gated_delta_product")  # one arch's override, merged over the task's
+    assert gdp["micro_batch"] == 64 and gdp["recompute"] is True and "recompute" not in gla
 
 
 def test_results_dir_moves_the_whole_tree():
