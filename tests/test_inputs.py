@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from selectivbench.grammar import Grammar, generate_grammar
 from selectivbench.inputs import InputSpec, make_batch
@@ -157,6 +158,18 @@ def test_padding_labels_and_element_index(grammar):
     for b in range(8):  # valid steps form a prefix
         n = mask[b].sum()
         assert mask[b, :n].all() and not mask[b, n:].any()
+
+
+def test_padding_to_a_length_bucket_adds_only_masked_steps(grammar):
+    batch = make_batch(random_classes(grammar, 2), np.arange(2), grammar, TASK2, "train", seed=1)
+    L = batch.data.shape[1]
+    padded = batch.pad_to_multiple(64)
+    assert padded.data.shape[1] % 64 == 0 and 0 <= padded.data.shape[1] - L < 64
+    assert torch.equal(padded.data[:, :L], batch.data) and torch.equal(padded.labels[:, :L], batch.labels)
+    assert torch.equal(padded.mask[:, :L], batch.mask) and torch.equal(padded.element[:, :L], batch.element)
+    assert padded.mask[:, L:].sum() == 0 and (padded.element[:, L:] == -1).all() and padded.data[:, L:].abs().sum() == 0
+    assert padded.num_steps == batch.num_steps
+    assert padded.pad_to_multiple(64) is padded and batch.pad_to_multiple(1) is batch
 
 
 def test_per_sample_determinism(grammar):

@@ -281,6 +281,24 @@ def test_recompute_replays_dropout_and_may_change_on_resume(dataset, tmp_path, r
     assert json.loads((out / "metrics.json").read_text())["recompute"] is False
 
 
+def test_compiled_training_with_length_buckets_matches_eager(dataset, tmp_path):
+    """`compile: true` trains the same run (operational key: same config hash): the compiled model
+    shares the eager model's parameters, and the batches padded to multiples of length_bucket
+    only add masked steps after the valid ones. Dropout off: inductor draws its own masks."""
+    eager, comp = tmp_path / "eager", tmp_path / "compiled"
+    assert train_in_process(dataset, eager, dropout="0.0", max_updates="6", layers="1") == 0
+    assert train_in_process(dataset, comp, dropout="0.0", max_updates="6", layers="1", compile="true", length_bucket="64") == 0
+    assert "| compile on (lengths padded to multiples of 64) |" in (comp / "train.log").read_text()
+    me, ee, we = result(eager)
+    mc, ec, wc = result(comp)
+    assert mc["compile"] is True and me["compile"] is False and mc["config_hash"] == me["config_hash"]
+    for key in ("final_test_acc", "final_test_loss"):
+        assert mc[key] == pytest.approx(me[key], rel=1e-4, abs=1e-5), key
+    assert [float(r["train_loss"]) for r in ec] == pytest.approx([float(r["train_loss"]) for r in ee], rel=1e-4)
+    for k in we:
+        torch.testing.assert_close(wc[k], we[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_validation_uses_the_untrained_samples_after_the_training_range(dataset, tmp_path, capsys):
     from selectivbench import config as C
     from selectivbench.dataset import load_dataset, materialize

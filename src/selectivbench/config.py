@@ -73,6 +73,9 @@ class RunConfig:
     recompute: str = key("auto", "recompute each layer's activations in backward instead of keeping them (one more forward; "
                                  "same result): true, false or auto (CUDA: on only if the micro-batch does not fit without it; CPU: off)",
                          ("auto", "true", "false"))
+    compile: str = key("false", "torch.compile the training step's model with static shapes (batches right-padded to a multiple "
+                               "of length_bucket steps, so each length compiles once): true or false", ("true", "false"))
+    length_bucket: int = key(256, "with compile: training batches are padded to a multiple of this many steps (a few compiled shapes)")
     checkpoint_every: int = key(0, "also checkpoint every this many updates (0 = only at evaluations and on a signal)")
     final_checkpoint: str = key("full", "checkpoint kept at the end: full (resumable) or model (weights only, 1/3 of the size)", ("full", "model"))
     progress: str = key("auto", "progress bar: auto (only on a terminal), on, off", ("auto", "on", "off"))
@@ -94,7 +97,7 @@ class RunConfig:
         return config_hash(self.to_dict())
 
 
-OPERATIONAL_KEYS = frozenset({"device", "progress", "checkpoint_every", "final_checkpoint", "plugins", "recompute"})
+OPERATIONAL_KEYS = frozenset({"device", "progress", "checkpoint_every", "final_checkpoint", "plugins", "recompute", "compile", "length_bucket"})
 METADATA_KEYS = frozenset({"config_hash", "dataset"})  # written into a run's config.yaml; ignored on input
 
 # §9: the input settings of each task (Task 4 = `selectivbench evaluate` of a task2 run at test_gap 1, 2, 5, 10)
@@ -223,7 +226,7 @@ def validate(cfg: RunConfig) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, name) not in choices:
             raise ConfigError(f"config key {name!r}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
-    positive = ["feat_size", "layers", "batch_size", "eval_every", "test_bs", "seed"]
+    positive = ["feat_size", "layers", "batch_size", "eval_every", "test_bs", "seed", "length_bucket"]
     positive += [k for k in ("d_state", "chunk_size", "micro_batch", "dataset_size", "max_updates", "test_size") if getattr(cfg, k) is not None]
     for name in positive:
         if getattr(cfg, name) < 1:

@@ -86,6 +86,17 @@ class Batch:
         """Page-locked copies, so that `.to(cuda, non_blocking=True)` overlaps with compute."""
         return Batch(*(t.pin_memory() for t in (self.data, self.labels, self.mask, self.element)))
 
+    def pad_to_multiple(self, multiple: int) -> "Batch":
+        """Right-padded to a length that is a multiple of `multiple` (masked steps: the same loss
+        and, for causal models, the same outputs on the valid steps). A compiled model with static
+        shapes then sees only a few lengths."""
+        L = self.data.shape[1]
+        extra = -L % multiple if multiple > 1 else 0
+        if extra == 0:
+            return self
+        pad = lambda t, value: torch.nn.functional.pad(t, (0, 0, 0, extra) if t.dim() == 3 else (0, extra), value=value)  # noqa: E731
+        return Batch(pad(self.data, 0.0), pad(self.labels, 0), pad(self.mask, 0.0), pad(self.element, -1))
+
     @property
     def num_steps(self) -> int:
         """Valid (non-padding) steps in the batch: the tokens a model really processes."""

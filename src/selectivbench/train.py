@@ -169,6 +169,18 @@ def train_update(model, optimizer, batches, n_micro: int, lr: float, grad_clip: 
     }
 
 
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile with static shapes: with the time axis dynamic, inductor fails on the kernels'
+    chunk padding (bench/results/gpu.md), so each padded batch length (and train/eval mode)
+    compiles once; the cache limit is raised to hold them all (Task 2 at bucket 256: 9 lengths)."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+    return torch.compile(model, dynamic=False)
+
+
 def _probe_step(model, micro: int, max_len: int, vocab: int, device, dtype) -> None:
     """One forward+backward of `micro` samples at the longest sequence (raises on out-of-memory).
 
@@ -311,8 +323,11 @@ class Run:
         """Micro-batches from update `first_update` on, in index order (no shuffling, §11)."""
         train, grammar, spec, cfg, cuda = self.dataset.train, self.dataset.grammar, self.spec, self.cfg, self.device.type == "cuda"
 
+        bucket = cfg.length_bucket if cfg.compile == "true" else 1
+
         def make(start):
             batch = make_batch(train[start : start + micro], np.arange(start, start + micro), grammar, spec, "train", cfg.seed, 0)
+            batch = batch.pad_to_multiple(bucket)
             return batch.pin_memory() if cuda else batch
 
         starts = range(first_update * cfg.batch_size, self.stop_at * cfg.batch_size, micro)
@@ -399,7 +414,7 @@ class Run:
             "num_parameters": model.num_parameters(), "width": model.width, "n_head": model.n_head,
             "state_size_per_layer": state, "state_size": state * self.cfg.layers if state is not None else None,
             "micro_batch": progress.micro_batch, "grad_accum": self.cfg.batch_size // progress.micro_batch,
-            "recompute": progress.recompute,
+            "recompute": progress.recompute, "compile": self.cfg.compile == "true",
             "wall_s": progress.wall_s, "train_s": progress.train_s,
             "updates_per_s": progress.update / progress.train_s if progress.train_s else None,
             "tokens_per_s": progress.train_steps / progress.train_s if progress.train_s else None,
@@ -443,9 +458,10 @@ class Run:
         self.write_evals(progress.evals)
         n_micro = cfg.batch_size // progress.micro_batch
         log.info(
-            "%s %s feat %d: %d parameters | %d updates (schedule %d) | micro-batch %d x %d | recompute %s | %s %s",
+            "%s %s feat %d: %d parameters | %d updates (schedule %d) | micro-batch %d x %d | recompute %s | compile %s | %s %s",
             cfg.task, cfg.arch, cfg.feat_size, model.num_parameters(), self.stop_at, self.total_updates,
-            progress.micro_batch, n_micro, "on" if progress.recompute else "off", runio.describe_device(self.device),
+            progress.micro_batch, n_micro, "on" if progress.recompute else "off",
+            f"on (lengths padded to multiples of {cfg.length_bucket})" if cfg.compile == "true" else "off", runio.describe_device(self.device),
             str(self.dtype).replace("torch.", ""),
         )
         if self.device.type == "cuda":
@@ -460,12 +476,13 @@ class Run:
             disable=not show, dynamic_ncols=True, file=sys.stderr,
         )
         batches = self.train_batches(progress.update, progress.micro_batch)
+        step_model = compiled(model) if cfg.compile == "true" else model  # shares the parameters
         status, diverged = "completed", None
         try:
             while progress.update < self.stop_at:
                 lr = cfg.lr * lr_factor(progress.update, cfg.warmup, self.total_updates)
                 t0 = time.perf_counter()
-                out = train_update(model, optimizer, batches, n_micro, lr, cfg.grad_clip, self.device, self.dtype)
+                out = train_update(step_model, optimizer, batches, n_micro, lr, cfg.grad_clip, self.device, self.dtype)
                 if not out["finite"]:
                     status, diverged = "diverged", {"update": progress.update + 1, "on": out["diverged_on"]}
                     log.warning("non-finite %s at update %d: run diverged", out["diverged_on"], progress.update + 1)

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selectivbench.models import layers
 from selectivbench.models.layers import GatedRMSNorm, l2norm, pad_time, qkv_projections, qkv_short_convs
 from selectivbench.models.registry import Mixer, register
 
 INVERSE_METHODS = ("solve", "doubling")
-BACKWARD_SLICE = 2**25  # elements per fp32 temporary in the UT transform's backward (128 MiB)
 
 
 def unit_lower_inverse(A: torch.Tensor, method: str = "solve") -> torch.Tensor:
@@ -87,10 +87,8 @@ class _UTTransform(torch.autograd.Function):
         b = None if b is None else flat(b)
         dk, dv, dbeta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
         db = None if b is None else torch.empty_like(b)
-        step = max(1, BACKWARD_SLICE // (C * max(K, V)))  # bounds the fp32 temporaries
         with torch.autocast(k.device.type, enabled=False):
-            for i in range(0, k.shape[0], step):
-                r = slice(i, i + step)
+            for r in layers.row_blocks(k.shape[0], C * max(K, V)):  # bounds the fp32 temporaries
                 out = _UTTransform._backward(k[r], v[r], beta[r], None if b is None else b[r], Tinv[r], dW[r], dU[r])
                 dk[r], dv[r], dbeta[r] = out[:3]
                 if db is not None:
@@ -125,7 +123,8 @@ class _UTTransform(torch.autograd.Function):
 
 class _ChunkStates(torch.autograd.Function):
     """States entering each chunk, S_{n+1} = M_n S_n + X_n with M_n = e^{b_C} I − K̃ᵀW,
-    X_n = K̃ᵀU, K̃ = diag(e^{b_C − b}) K: all M, X at once, then one baddbmm per serial step (fp32).
+    X_n = K̃ᵀU, K̃ = diag(e^{b_C − b}) K: the products K̃ᵀW, K̃ᵀU for all chunks at once (dt),
+    M_n, X_n in fp32 per block of chunks, then one fp32 baddbmm per serial step.
 
     k, W, U (BH, N, C, ·) in the matmul dtype dt, b (BH, N, C) fp32, S0 (BH, K, V) fp32.
     Returns (entry states (BH, N, K, V) in dt, final state fp32). Saves its inputs and the entry
@@ -139,15 +138,25 @@ class _ChunkStates(torch.autograd.Function):
         dt, ft = k.dtype, b.dtype
         b_last = b[..., -1:]
         k_decayed_t = (k * (b_last - b).exp()[..., None]).to(dt).transpose(-1, -2)
-        M = b_last.exp()[..., None] * torch.eye(k.shape[-1], dtype=ft, device=k.device) - k_decayed_t @ W
-        X = (k_decayed_t @ U).to(ft)
-        S, states = S0, []
-        for M_n, X_n in zip(M.unbind(1), X.unbind(1)):
-            states.append(S)
-            S = torch.baddbmm(X_n, M_n, S)
-        S_in = torch.stack(states, dim=1).to(dt)
+        # K̃ᵀW and X in dt (their matmul dtype); M and X become fp32 a block of chunks at a time
+        KW, X = k_decayed_t @ W, k_decayed_t @ U
+        e, eye = b_last.exp()[..., None], torch.eye(k.shape[-1], dtype=ft, device=k.device)
+        S, S_in = S0, torch.empty(*X.shape, dtype=dt, device=X.device)
+        for blk in _ChunkStates.blocks(X):
+            M, X_f = e[:, blk] * eye - KW[:, blk], X[:, blk].to(ft)
+            for i, n in enumerate(range(blk.start, blk.stop)):
+                S_in[:, n] = S
+                S = torch.baddbmm(X_f[:, i], M[:, i], S)
         ctx.save_for_backward(k, b, W, U, S_in)
         return S_in, S
+
+    @staticmethod
+    def blocks(X: torch.Tensor) -> list[slice]:
+        """Consecutive chunks whose fp32 per-chunk tensors (BH, ·, K, V) fit in layers.BACKWARD_SLICE
+        elements: per-chunk work is batched over a block, only the recurrence itself is serial."""
+        BH, N, K, V = X.shape
+        step = max(1, layers.BACKWARD_SLICE // (BH * K * max(K, V)))
+        return [slice(n, min(n + step, N)) for n in range(0, N, step)]
 
     @staticmethod
     def backward(ctx, dS_in, dS):
@@ -162,19 +171,23 @@ class _ChunkStates(torch.autograd.Function):
             g = dS.to(ft)  # ∂L/∂S_{n+1}, walking back
             dk, dW, dU = torch.empty_like(k), torch.empty_like(W), torch.empty_like(U)
             de, s = e.new_empty(e.shape), b.new_empty(b.shape)
-            for n in reversed(range(k.shape[1])):  # one chunk at a time: no full-size temporaries
-                kd, W_n = (k[:, n] * decay[:, n, :, None]).to(dt), W[:, n]
-                dM = g @ S_in[:, n].to(ft).transpose(-1, -2)
-                de[:, n] = dM.diagonal(dim1=-2, dim2=-1).sum(-1)
-                dM_, g_ = dM.to(dt), g.to(dt)
-                dkd = (U[:, n] @ g_.transpose(-1, -2) - W_n @ dM_.transpose(-1, -2)).to(ft)
-                dk[:, n] = dkd * decay[:, n, :, None]
+            for blk in reversed(_ChunkStates.blocks(S_in)):
+                kd, W_b, U_b = (k[:, blk] * decay[:, blk, :, None]).to(dt), W[:, blk], U[:, blk]
+                Mt = (e[:, blk, None, None] * eye - kd.transpose(-1, -2) @ W_b).transpose(-1, -2)
+                G = g.new_empty(*S_in[:, blk].shape)  # G[:, i] = ∂L/∂S_{n+1} for chunk n of the block
+                for i in reversed(range(blk.stop - blk.start)):  # the adjoint recurrence, serial
+                    G[:, i] = g
+                    g = torch.baddbmm(dS_in[:, blk.start + i].to(ft), Mt[:, i], g)
+                # ∂M_n = g_{n+1} S_nᵀ, ∂X_n = g_{n+1}; then through M, X to K̃, W, U (all of the block at once)
+                dM = G @ S_in[:, blk].to(ft).transpose(-1, -2)
+                de[:, blk] = dM.diagonal(dim1=-2, dim2=-1).sum(-1)
+                dM, G = dM.to(dt), G.to(dt)
+                dkd = (U_b @ G.transpose(-1, -2) - W_b @ dM.transpose(-1, -2)).to(ft)
+                dk[:, blk] = dkd * decay[:, blk, :, None]
                 if need_b:  # K̃ = diag(e^{b_C − b}) K: the exponent's gradient
-                    s[:, n] = (dkd * k[:, n].to(ft)).sum(-1) * decay[:, n]
-                dW[:, n] = -(kd @ dM_)
-                dU[:, n] = kd @ g_
-                M_n = e[:, n, None, None] * eye - kd.transpose(-1, -2) @ W_n
-                g = torch.baddbmm(dS_in[:, n].to(ft), M_n.transpose(-1, -2), g)
+                    s[:, blk] = (dkd * k[:, blk].to(ft)).sum(-1) * decay[:, blk]
+                dW[:, blk] = -(kd @ dM)
+                dU[:, blk] = kd @ G
             db = None
             if need_b:  # b_C enters through every exponent of its chunk and through M's e^{b_C}
                 db = -s

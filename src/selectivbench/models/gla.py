@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectivbench.models.layers import GatedRMSNorm, ShortConv, pad_time, segsum_decay
+from selectivbench.models.layers import GatedRMSNorm, ShortConv, pad_time, row_blocks, segsum_decay
 from selectivbench.models.registry import Mixer, register
 
 SUB_CHUNK = 16  # rows per secondary chunk (fla's BC); chunk sizes must be multiples of it
@@ -67,22 +67,31 @@ class _DiagonalBlockScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, G):
-        c = G.shape[-2]
+        *lead, c, K = G.shape
         causal = torch.ones(c, c, dtype=torch.bool, device=G.device).tril()
         ctx.save_for_backward(q, k, G, causal)
-        E = _DiagonalBlockScores._decay(G, causal)
-        return E.mul_(q.float().unsqueeze(-2)).mul_(k.float().unsqueeze(-3)).sum(-1).masked_fill_(~causal, 0)
+        q2, k2, G2 = (t.reshape(-1, c, K) for t in (q, k, G))
+        A = G.new_empty(len(G2), c, c)
+        for r in row_blocks(len(G2), c * c * K):  # the (c, c, K) tensor a block of sub-chunks at a time
+            E = _DiagonalBlockScores._decay(G2[r], causal)
+            A[r] = E.mul_(q2[r].float().unsqueeze(-2)).mul_(k2[r].float().unsqueeze(-3)).sum(-1).masked_fill_(~causal, 0)
+        return A.view(*lead, c, c)
 
     @staticmethod
     def backward(ctx, dA):
         q, k, G, causal = ctx.saved_tensors
-        qf, kf = q.float(), k.float()
-        W = _DiagonalBlockScores._decay(G, causal).mul_(dA.masked_fill(~causal, 0).unsqueeze(-1))
-        dq = (W * kf.unsqueeze(-3)).sum(-2)
-        dk = W.mul_(qf.unsqueeze(-2)).sum(-3)
-        # d/dG_ik of the sum = +Σ_j (terms with query row i) − Σ_j (terms with key row i)
-        dG = qf * dq - kf * dk
-        return dq.to(q.dtype), dk.to(k.dtype), dG
+        c, K = G.shape[-2:]
+        q2, k2, G2, dA2 = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, G, dA))
+        dq, dk, dG = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(G2)
+        for r in row_blocks(len(G2), c * c * K):
+            qf, kf = q2[r].float(), k2[r].float()
+            W = _DiagonalBlockScores._decay(G2[r], causal).mul_(dA2[r].masked_fill(~causal, 0).unsqueeze(-1))
+            dq_r = (W * kf.unsqueeze(-3)).sum(-2)
+            dk_r = W.mul_(qf.unsqueeze(-2)).sum(-3)
+            # d/dG_ik of the sum = +Σ_j (terms with query row i) − Σ_j (terms with key row i)
+            dG[r] = qf * dq_r - kf * dk_r
+            dq[r], dk[r] = dq_r, dk_r
+        return dq.view(q.shape), dk.view(k.shape), dG.view(G.shape)
 
 
 def _intra_chunk_scores(q, k, G, dtype) -> torch.Tensor:

@@ -91,6 +91,7 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
     """Import extra modules (dotted names or ``.py`` paths) that register architectures; idempotent."""
     import importlib.util
     import os
+    import sys
 
     for mod in modules:
         ident = os.path.realpath(mod) if (mod.endswith(".py") or os.sep in mod) else mod
@@ -102,6 +103,7 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
             modname = "selectivbench_plugin_" + os.path.splitext(os.path.basename(mod))[0]
             spec = importlib.util.spec_from_file_location(modname, mod)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[modname] = module  # importable by name: torch.compile looks modules up there
             spec.loader.exec_module(module)
         else:
             importlib.import_module(mod)
