@@ -20,7 +20,8 @@
 # Environment: CONFIG (config/replication.yaml; several files, space-separated, merge in order),
 # GPU_JOBS (7), GPU_MEM_MB (72000), RETRY_FAILED=1 (also redo runs recorded as failed),
 # DRY=1 (plan only: snakemake -n), SKIP=<extended regex> (leave out the matching targets: runs that
-# cannot finish within one call and would only hold GPU slots until the deadline).
+# cannot finish within one call and would only hold GPU slots until the deadline), ONLY=<extended
+# regex> (keep only the matching targets, e.g. such a run alone with GPU_JOBS=2 so it finishes).
 set -uo pipefail
 OUT=${1:?usage: bash bench/replicate_on_gpu.sh OUT_DIR [SECONDS]}
 BUDGET=${2:-520}
@@ -50,7 +51,7 @@ LOG="$RESULTS/logs/snakemake_$STAMP.log"   # packed with the results
 mkdir -p "$RESULTS/logs"
 
 rep prepare ${RETRY_FAILED:+--retry-failed} || exit 1
-mapfile -t TARGETS < <(rep targets | { if [ -n "${SKIP:-}" ]; then grep -Ev "$SKIP"; else cat; fi; })
+mapfile -t TARGETS < <(rep targets | grep -E "${ONLY:-.}" | { if [ -n "${SKIP:-}" ]; then grep -Ev "$SKIP"; else cat; fi; })
 echo "[replicate] ${#TARGETS[@]} metrics.json file(s) to make"
 
 SMK=(python3 -m snakemake --configfile $CONFIG --cores "$(nproc)" --resources gpu="$GPU_JOBS" gpu_mem_mb="$GPU_MEM_MB"
