@@ -2,12 +2,16 @@
 
     python bench/bench_train.py                       # tiny CPU config, every registered arch
     python bench/bench_train.py --device cuda         # feat 256, 8 layers, B 64, bf16, Task 1 and 2
+    python bench/bench_train.py --device cuda --compile   # the same through `compile: true`
 
 The update is `selectivbench.train.train_update`, the one the training loop runs, on batches of
 the real input pipeline (`make_batch`, amb 40: V 41, C 1601, random class sequences). Batches are
 assembled beforehand (training overlaps that with compute in a thread); `batch ms` reports the
 assembly cost on its own. tokens/s counts valid (unpadded) steps. On CUDA the micro-batch is
-probed like `train` does (gradient accumulation if B 64 does not fit).
+probed like `train` does (gradient accumulation if B 64 does not fit). `--compile` runs the
+update as `compile: true` training does (train.compiled, batches padded to multiples of
+--length-bucket steps); `warm_s` is the untimed warm-up updates, compiles included, and the median
+stays robust to a later compile of a new length.
 
 Prints a table and writes bench/results/bench_train_<date>_<host>_<device>.{md,csv}.
 """
@@ -31,7 +35,7 @@ from selectivbench import runio
 from selectivbench.grammar import generate_grammar
 from selectivbench.inputs import InputSpec, make_batch
 from selectivbench.models import RecNet, available, load_plugins
-from selectivbench.train import probe_micro_batch, train_update
+from selectivbench.train import compiled, probe_micro_batch, train_update
 
 TASKS = {"task1": InputSpec(), "task2": InputSpec(gap_max=1.0, noise=0.2)}
 
@@ -39,7 +43,7 @@ TASKS = {"task1": InputSpec(), "task2": InputSpec(gap_max=1.0, noise=0.2)}
 def bench_one(arch, task, grammar, args, device, dtype) -> dict:
     spec = TASKS[task]
     torch.manual_seed(0)
-    model = RecNet(arch, args.feat, grammar.vocab, grammar.num_classes, n_layers=args.layers).to(device).train()
+    model = RecNet(arch, args.feat, grammar.vocab, grammar.num_classes, n_layers=args.layers, recompute=args.recompute).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     micro = args.batch
     if device.type == "cuda":
@@ -51,28 +55,33 @@ def bench_one(arch, task, grammar, args, device, dtype) -> dict:
     t0 = time.perf_counter()
     batches = [make_batch(classes[i * micro : (i + 1) * micro], np.arange(i * micro, (i + 1) * micro), grammar, spec, "train", 1) for i in range(n_batches)]
     batch_ms = (time.perf_counter() - t0) / n_batches * 1000
+    if args.compile:
+        batches = [b.pad_to_multiple(args.length_bucket) for b in batches]
+    step_model = compiled(model) if args.compile else model
     if device.type == "cuda":
         batches = [b.pin_memory() for b in batches]
         torch.cuda.reset_peak_memory_stats(device)
     it = iter(batches)
-    times, tokens = [], 0
+    times, tokens, warm = [], 0, 0.0
     for u in range(args.warmup + args.updates):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        out = train_update(model, opt, it, n_micro, 1e-4, 1.0, device, dtype)
+        out = train_update(step_model, opt, it, n_micro, 1e-4, 1.0, device, dtype)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if u >= args.warmup:
             times.append(time.perf_counter() - t)
             tokens += out["steps"]
+        else:
+            warm += time.perf_counter() - t
     total = sum(times)
     return {
-        "arch": arch, "task": task, "feat": args.feat, "layers": args.layers, "batch": args.batch, "micro": micro,
+        "arch": arch, "task": task, "variant": "compiled" if args.compile else "eager", "recompute": args.recompute, "feat": args.feat, "layers": args.layers, "batch": args.batch, "micro": micro,
         "mean_len": round(tokens / (args.updates * args.batch)), "params_M": round(model.num_parameters() / 1e6, 3),
         "updates_per_s": round(args.updates / total, 3), "tokens_per_s": round(tokens / total),
         "update_ms_median": round(statistics.median(times) * 1000, 1), "batch_ms": round(batch_ms, 1),
-        "peak_mem_GiB": round(runio.peak_memory_bytes(device) / 2**30, 2),
+        "peak_mem_GiB": round(runio.peak_memory_bytes(device) / 2**30, 2), "warm_s": round(warm, 1),
     }
 
 
@@ -87,6 +96,9 @@ def main(argv=None) -> int:
     p.add_argument("--plugins", nargs="*", default=[], help="extra modules/.py files registering architectures")
     p.add_argument("--updates", type=int, default=None, help="timed updates (default: 3 on CPU, 10 on CUDA)")
     p.add_argument("--warmup", type=int, default=1, help="untimed updates first (default: 1)")
+    p.add_argument("--compile", action="store_true", help="the `compile: true` training path (static shapes, padded lengths)")
+    p.add_argument("--length-bucket", type=int, default=256, help="with --compile: pad batches to multiples of this (default 256)")
+    p.add_argument("--recompute", action="store_true", help="activation recomputation per layer")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results directory")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -113,7 +125,7 @@ def main(argv=None) -> int:
             if cuda:
                 torch.cuda.empty_cache()
 
-    cols = ["arch", "task", "feat", "layers", "batch", "micro", "mean_len", "params_M", "updates_per_s", "tokens_per_s", "update_ms_median", "batch_ms", "peak_mem_GiB", "error"]
+    cols = ["arch", "task", "variant", "recompute", "feat", "layers", "batch", "micro", "mean_len", "params_M", "updates_per_s", "tokens_per_s", "update_ms_median", "batch_ms", "peak_mem_GiB", "warm_s", "error"]
     dev_name = runio.describe_device(device)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())  # the CPU may be shared: say how busy it was
@@ -124,7 +136,7 @@ def main(argv=None) -> int:
     print("\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"bench_train_{datetime.date.today():%Y%m%d}_{platform.node()}_{'cuda' if cuda else 'cpu'}"
+    tag = f"bench_train_{datetime.date.today():%Y%m%d}_{platform.node()}_{'cuda' if cuda else 'cpu'}{'_compiled' if args.compile else ''}"
     cmd = "python bench/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / f"{tag}.md").write_text(f"# {head}\n\ncommand: `{cmd}`\n\n" + "\n".join(table) + "\n")
     with open(out / f"{tag}.csv", "w", newline="") as f:
