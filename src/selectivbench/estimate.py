@@ -150,8 +150,7 @@ def run_hours(cm: CostModel, config: dict, item) -> tuple[float, bool]:
 
     data = config["data"]
     if isinstance(item, Evaluation):
-        gap = config["tasks"]["task4"]  # test_size may be lowered by set / arch_set
-        test_size = {**gap.get("set", {}), **gap.get("arch_set", {}).get(item.run.arch, {})}.get("test_size", data["test_size"])
+        test_size = task_settings(config, "task4", item.run.arch)["test_size"]  # set / arch_set may lower it
         t = cm.step_time(item.run.arch, "task4", item.run.feat, item.run.amb, item.test_gap)
         return test_size * t.ms_per_test_sample / 3.6e6, t.source != "measured"
     train = task_settings(config, item.task, item.arch)  # train + set + arch_set (dataset_size, ...)

@@ -47,13 +47,19 @@ def path(template):
 SEED_RANK = {str(seed): i for i, seed in enumerate(config["seeds"])}
 
 
+def task_value(key, task, wildcards, default):
+    """tasks.<task>.<key> of a job: one value, or {default: ..., <arch>: ...} per architecture."""
+    value = config["tasks"].get(task or wildcards.task, {}).get(key)
+    if isinstance(value, dict):
+        value = value.get(wildcards.arch, value.get("default"))
+    return default if value is None else value
+
+
 def job_priority(task):
     """Priority of a job of `task`: tasks.<task>.priority; with seed_major, earlier seeds first."""
 
     def priority(wildcards):
-        base = config["tasks"].get(task or wildcards.task, {}).get("priority", 0)
-        if isinstance(base, dict):
-            base = base.get(wildcards.arch, base.get("default", 0))
+        base = task_value("priority", task, wildcards, 0)
         if not config["seed_major"]:
             return base
         return base + 1_000_000 * (len(SEED_RANK) - 1 - SEED_RANK[wildcards.seed])
@@ -65,9 +71,7 @@ def gpu_mem(kind, task=None):
     """The resource `gpu_mem_mb` of a job: tasks.<task>.gpu_mem (per architecture), else resources."""
 
     def mem(wildcards):
-        declared = config["tasks"].get(task or wildcards.task, {}).get("gpu_mem")
-        if isinstance(declared, dict):
-            declared = declared.get(wildcards.arch, declared.get("default"))
+        declared = task_value("gpu_mem", task, wildcards, None)
         return config["resources"][kind]["gpu_mem_mb"] if declared is None else declared
 
     return mem

@@ -155,8 +155,7 @@ class _ChunkStates(torch.autograd.Function):
         """Consecutive chunks whose fp32 per-chunk tensors (BH, ·, K, V) fit in layers.BACKWARD_SLICE
         elements: per-chunk work is batched over a block, only the recurrence itself is serial."""
         BH, N, K, V = X.shape
-        step = max(1, layers.BACKWARD_SLICE // (BH * K * max(K, V)))
-        return [slice(n, min(n + step, N)) for n in range(0, N, step)]
+        return layers.row_blocks(N, BH * K * max(K, V))
 
     @staticmethod
     def backward(ctx, dS_in, dS):

@@ -74,7 +74,7 @@ def row_blocks(rows: int, row_len: int) -> list[slice]:
     """Slices of `rows` rows holding at most BACKWARD_SLICE elements each: a row-wise backward
     done block by block keeps its fp32 temporaries that small (read at call time)."""
     step = max(1, BACKWARD_SLICE // max(1, row_len))
-    return [slice(i, i + step) for i in range(0, rows, step)]
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
 class _L2Norm(torch.autograd.Function):
