@@ -119,8 +119,15 @@ def measure(arch: str, variant: str, feat: int, T: int, recompute: str, lock_pat
         sync()
         return time.perf_counter() - t0
 
-    if warm_only:  # fill the compile/autotune caches for a later timed run; no lock, no timing
-        row["warm_s"] = round(warm(), 1)
+    if warm_only:  # fill the compile/autotune caches for a later timed run; no timing
+        try:
+            row["warm_s"] = round(warm(), 1)
+        except torch.OutOfMemoryError:  # neighbours warming big shapes too: retry with the GPU to itself
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            with open(lock_path, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                row["warm_s"] = round(warm(), 1)
         return row
     with open(lock_path, "w") as lock:
         if feat * T > 256 * 2200:  # big shapes warm up alone too: a neighbour's warm-up must not OOM a timed run
