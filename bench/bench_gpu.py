@@ -54,7 +54,7 @@ def build_model(arch: str, variant: str, feat: int, recompute: str):
 
     kwargs = {}
     if "recompute" in inspect.signature(RecNet).parameters:
-        kwargs["recompute"] = recompute
+        kwargs["recompute"] = recompute == "true"  # auto: off first, on after an OOM (worker)
     model = RecNet(arch, feat, VOCAB, CLASSES, **kwargs)
     if variant == "fla":
         sys.path.insert(0, str(HERE))
@@ -171,7 +171,13 @@ def worker(args) -> int:
                 row = {"arch": args.arch, "variant": args.variant, "feat": feat, "T": T, "error": "not run: time limit"}
             else:
                 try:
-                    row = measure(args.arch, args.variant, feat, T, args.recompute, args.lock, args.min_time, args.warm_only)
+                    try:
+                        row = measure(args.arch, args.variant, feat, T, args.recompute, args.lock, args.min_time, args.warm_only)
+                    except torch.OutOfMemoryError:
+                        if args.recompute != "auto":
+                            raise
+                        torch.cuda.empty_cache()  # like training's recompute auto: on when the step does not fit
+                        row = measure(args.arch, args.variant, feat, T, "true", args.lock, args.min_time, args.warm_only)
                 except Exception as err:  # fla refusals, OOM alone on the GPU: the row says which
                     msg = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
                     row = {"arch": args.arch, "variant": args.variant, "feat": feat, "T": T,
@@ -207,7 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["eager", "compiled", "fla"], choices=["eager", "compiled", "fla"])
     p.add_argument("--feats", nargs="+", type=int, default=[256, 512, 1024])
     p.add_argument("--lengths", nargs="+", type=int, default=[400, 1300, 2200])
-    p.add_argument("--recompute", default="auto", help="RecNet's recompute setting where it has one (default auto)")
+    p.add_argument("--recompute", default="auto", choices=["auto", "true", "false"],
+                   help="per-layer recomputation: auto = off, on where the step runs out of memory (default)")
     p.add_argument("--jobs", type=int, default=4, help="processes compiling at once (the timed steps take turns)")
     p.add_argument("--time-limit", type=float, default=1e9, help="seconds; shapes not started by then are listed as not run")
     p.add_argument("--min-time", type=float, default=2.0, help="timed seconds per shape (3 to 10 steps)")
