@@ -26,6 +26,7 @@ import argparse
 import csv
 import datetime
 import fcntl
+import gc
 import json
 import os
 import statistics
@@ -122,7 +123,9 @@ def measure(arch: str, variant: str, feat: int, T: int, recompute: str, lock_pat
     if warm_only:  # fill the compile/autotune caches for a later timed run; no timing
         try:
             row["warm_s"] = round(warm(), 1)
-        except torch.OutOfMemoryError:  # neighbours warming big shapes too: retry with the GPU to itself
+        except torch.OutOfMemoryError:  # neighbours warming big shapes too: one more try, after them
+            row["warm_s"] = None
+        if row["warm_s"] is None:  # outside the except block: its traceback holds the step's tensors
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             with open(lock_path, "w") as lock:
@@ -171,12 +174,16 @@ def worker(args) -> int:
                 row = {"arch": args.arch, "variant": args.variant, "feat": feat, "T": T, "error": "not run: time limit"}
             else:
                 try:
+                    oom = False
                     try:
                         row = measure(args.arch, args.variant, feat, T, args.recompute, args.lock, args.min_time, args.warm_only)
                     except torch.OutOfMemoryError:
                         if args.recompute != "auto":
                             raise
-                        torch.cuda.empty_cache()  # like training's recompute auto: on when the step does not fit
+                        oom = True  # retried below, outside this block: the error's traceback holds the step's tensors
+                    if oom:  # like training's recompute auto: on when the step does not fit
+                        gc.collect()
+                        torch.cuda.empty_cache()
                         row = measure(args.arch, args.variant, feat, T, "true", args.lock, args.min_time, args.warm_only)
                 except Exception as err:  # fla refusals, OOM alone on the GPU: the row says which
                     msg = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
