@@ -4,6 +4,7 @@
 #   bash bench/gpu_speed_session.sh warm  OUT [SECONDS]   # call 1: fill the compile caches, time nothing
 #   bash bench/gpu_speed_session.sh time  OUT [SECONDS]   # call 2 (within 30 s): fla + ours eager, alone on the GPU
 #   bash bench/gpu_speed_session.sh time2 OUT [SECONDS]   # call 3: ours compiled, training path, GPU memory
+#   bash bench/gpu_speed_session.sh all   OUT [SECONDS]   # or one call: warm WARM_S seconds, then time
 #
 # Carry [".whl"] (fla 0.6.0 + einops wheels). fla's Triton kernels take minutes to compile and
 # autotune on first use (72-365 s per layer measured), torch.compile as long for ours: timed next
@@ -13,7 +14,7 @@
 # `time`/`time2` time one process at a time. Every part has its own time limit, rows stream to
 # CSVs, and the CSVs + a log are copied to OUT whatever happens.
 set -u
-PHASE=${1:?usage: gpu_speed_session.sh warm|time|time2 OUT [SECONDS]}
+PHASE=${1:?usage: gpu_speed_session.sh warm|time|time2|all OUT [SECONDS]}
 OUT=${2:?usage: gpu_speed_session.sh warm|time|time2 OUT [SECONDS]}
 BUDGET=${3:-540}
 START=$(date +%s)
@@ -27,22 +28,38 @@ W=/tmp/bench_gpu_$PHASE; rm -rf $W; mkdir -p $W
 LOG="$OUT/$PHASE.log"
 left() { echo $(( START + BUDGET - 25 - $(date +%s) )); }    # seconds to the deadline, 25 s kept to pack
 B() { local lim; lim=$(left); [ "$lim" -gt 10 ] && timeout "$lim" python3 bench/bench_gpu.py --out $W --min-time 1 "$@" >>"$LOG" 2>&1; }
-DELTA=(delta_net gla gated_delta_net gated_delta_product mamba2 transformer)
-SMALL=(--feats 256 1024 --lengths 400 1300)        # the compiled shapes: tracing unrolls the chunk loops
+# what to run (environment overrides; space-separated lists)
+FLA_ARCHS=(${FLA_ARCHS:-gla delta_net})            # fla's layers that train on Triton 3.6 / Hopper
+FLA_FEATS=(${FLA_FEATS:-256 512 1024})              # each head size autotunes anew (~200 s per layer)
+OURS=(${OURS:-delta_net gla gated_delta_net gated_delta_product mamba2 transformer})
+EAGER_ARCHS=(${EAGER_ARCHS:-${OURS[*]}})
+COMPILED=(--feats ${COMPILED_FEATS:-256 1024} --lengths ${COMPILED_LENGTHS:-400 1300})  # tracing unrolls the chunk loops
+WARM_S=${WARM_S:-}                                  # phase all: seconds of warming before timing
 echo "[$PHASE] $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)" | tee -a "$LOG"
 
+warm() {  # fla and our compiled variants compile side by side; GPU shared, nothing timed
+  B --archs "${FLA_ARCHS[@]}" --variants fla --feats "${FLA_FEATS[@]}" --warm-only --jobs 2 --tag warm_fla --time-limit "$1" &
+  B --archs "${OURS[@]}" --variants compiled "${COMPILED[@]}" --warm-only --jobs "${WARM_JOBS:-6}" --tag warm_compiled \
+    --time-limit "$1" &
+  wait
+}
+time_fla() { B --archs "${FLA_ARCHS[@]}" --variants fla --feats "${FLA_FEATS[@]}" --jobs 1 --tag gpu_fla --time-limit "$1"; }
+time_compiled() { B --archs "${OURS[@]}" --variants compiled "${COMPILED[@]}" --jobs 1 --tag gpu_compiled --time-limit "$1"; }
+time_eager() { B --archs "${EAGER_ARCHS[@]}" --variants eager --jobs 1 --tag gpu_eager --time-limit "$1"; }
+
 case $PHASE in
-warm)   # fla's two working peers in one process each, our compiled variants in six; GPU shared, nothing timed
-  B --archs gla delta_net --variants fla --warm-only --jobs 2 --tag warm_fla --time-limit $(( $(left) - 60 )) &
-  B --archs "${DELTA[@]}" --variants compiled "${SMALL[@]}" --warm-only --jobs 6 --tag warm_compiled \
-    --time-limit $(( $(left) - 60 )) &
-  wait ;;
-time)   # fla rows first (their caches are warm), then ours eager: everything alone on the GPU
-  B --archs gla delta_net --variants fla --jobs 1 --tag gpu_fla --time-limit 150
-  B --archs "${DELTA[@]}" --variants eager --jobs 1 --tag gpu_eager --time-limit $(( $(left) - 70 ))
+warm) warm $(( $(left) - 60 )) ;;
+time)   # everything alone on the GPU: fla rows first (their caches are warm), then ours eager
+  time_fla 150
+  time_eager $(( $(left) - 70 ))
   B --archs mamba --variants eager --jobs 1 --tag gpu_mamba --time-limit 20 ;;
+all)    # one call: warm for WARM_S, then fla, compiled and eager timed alone
+  warm "${WARM_S:-240}"
+  time_fla 100
+  time_compiled $(( $(left) - 90 ))
+  time_eager $(( $(left) - 40 )) ;;
 time2)  # ours compiled from the warm caches, the GPU memory of a Task-2 step, the training path compiled
-  B --archs "${DELTA[@]}" --variants compiled "${SMALL[@]}" --jobs 1 --tag gpu_compiled --time-limit 230
+  time_compiled 230
   l=$(left); [ "$l" -gt 30 ] && timeout $(( l < 200 ? l : 200 )) python3 bench/bench_memory.py --device cuda \
     --archs gated_delta_product delta_net gated_delta_net gla mamba2 transformer mamba --out $W/memory_cuda.md >>"$LOG" 2>&1
   for c in "" --compile; do
