@@ -200,16 +200,31 @@ def worker(args) -> int:
 # ---------------------------------------------------------------------------- driver
 
 
+def merge_rows(rows: list[dict]) -> list[dict]:
+    """One row per (arch, variant, feat, T) from several runs: a measured row beats an error row
+    ("not run: time limit" in one call, measured in the next), the later of two of a kind wins."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["arch"], r["variant"], int(r["feat"]), int(r["T"]))
+        if key not in best or r.get("ms_step") or not best[key].get("ms_step"):
+            best[key] = r
+    return list(best.values())
+
+
 def ratio_table(rows: list[dict]) -> list[str]:
-    """ours best (eager or compiled) / fla, per (arch, feat, T): < 1 means ours is faster."""
+    """ours best (eager or compiled) / fla, per (arch, feat, T): < 1 means ours is faster.
+    A cell without a time says why where the run said (OOM, fla's refusal); '–' = not run."""
     by = {}
     for r in rows:
+        key = (r["arch"], int(r["feat"]), int(r["T"]))
         if r.get("ms_step"):
-            by.setdefault((r["arch"], int(r["feat"]), int(r["T"])), {})[r["variant"]] = r["ms_step"]
+            by.setdefault(key, {})[r["variant"]] = r["ms_step"]
+        elif r.get("error") and not r["error"].startswith("not run"):
+            by.setdefault(key, {}).setdefault(r["variant"], r["error"].split(":")[0])
     lines = ["| arch | feat | T | eager ms | compiled ms | fla ms | best ours / fla |", "|---|---|---|---|---|---|---|"]
     for (arch, feat, T), v in sorted(by.items()):
-        ours = [v[k] for k in ("eager", "compiled") if k in v]
-        ratio = f"{min(ours) / v['fla']:.2f}" if ours and "fla" in v else "–"
+        ours = [v[k] for k in ("eager", "compiled") if isinstance(v.get(k), float)]
+        ratio = f"{min(ours) / v['fla']:.2f}" if ours and isinstance(v.get("fla"), float) else "–"
         lines.append(f"| {arch} | {feat} | {T} | {v.get('eager', '–')} | {v.get('compiled', '–')} | {v.get('fla', '–')} | {ratio} |")
     return lines
 
@@ -243,6 +258,7 @@ def main(argv=None) -> int:
         rows = [dict(r) for f in args.merge for r in csv.DictReader(open(f))]
         for r in rows:
             r["ms_step"] = float(r["ms_step"]) if r.get("ms_step") else None
+        rows = merge_rows(rows)
         head = f"# GPU training step, 8 layers, B {BATCH}, bf16 autocast (merged from {', '.join(map(os.path.basename, args.merge))})\n"
         return write_markdown(rows, Path(args.out) / f"{args.tag or 'gpu'}.md", head)
 

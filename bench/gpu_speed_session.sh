@@ -15,7 +15,7 @@
 # CSVs, and the CSVs + a log are copied to OUT whatever happens.
 set -u
 PHASE=${1:?usage: gpu_speed_session.sh warm|time|time2|all OUT [SECONDS]}
-OUT=${2:?usage: gpu_speed_session.sh warm|time|time2 OUT [SECONDS]}
+OUT=${2:?usage: gpu_speed_session.sh warm|time|time2|all OUT [SECONDS]}
 BUDGET=${3:-540}
 START=$(date +%s)
 cd "$(dirname "$0")/.." || exit 1
@@ -27,7 +27,7 @@ export PYTHONPATH="/tmp/fla:$PWD/src" PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING
 W=/tmp/bench_gpu_$PHASE; rm -rf $W; mkdir -p $W
 LOG="$OUT/$PHASE.log"
 left() { echo $(( START + BUDGET - 25 - $(date +%s) )); }    # seconds to the deadline, 25 s kept to pack
-B() { local lim; lim=$(left); [ "$lim" -gt 10 ] && timeout "$lim" python3 bench/bench_gpu.py --out $W --min-time 1 "$@" >>"$LOG" 2>&1; }
+B() { local lim=${KILL_AT:-$(left)}; [ "$lim" -gt 10 ] && timeout "$lim" python3 bench/bench_gpu.py --out $W --min-time 1 "$@" >>"$LOG" 2>&1; }
 # what to run (environment overrides; space-separated lists)
 FLA_ARCHS=(${FLA_ARCHS:-gla delta_net})            # fla's layers that train on Triton 3.6 / Hopper
 FLA_FEATS=(${FLA_FEATS:-256 512 1024})              # each head size autotunes anew (~200 s per layer)
@@ -37,10 +37,12 @@ COMPILED=(--feats ${COMPILED_FEATS:-256 1024} --lengths ${COMPILED_LENGTHS:-400 
 WARM_S=${WARM_S:-}                                  # phase all: seconds of warming before timing
 echo "[$PHASE] $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)" | tee -a "$LOG"
 
-warm() {  # fla and our compiled variants compile side by side; GPU shared, nothing timed
-  B --archs "${FLA_ARCHS[@]}" --variants fla --feats "${FLA_FEATS[@]}" --warm-only --jobs 2 --tag warm_fla --time-limit "$1" &
-  B --archs "${OURS[@]}" --variants compiled "${COMPILED[@]}" --warm-only --jobs "${WARM_JOBS:-6}" --tag warm_compiled \
+warm() {  # fla and our compiled variants compile side by side; GPU shared, nothing timed. Killed after
+  # $1 s: --time-limit only stops new shapes, and one shape compiling for minutes once ate a whole call
+  KILL_AT=$1 B --archs "${FLA_ARCHS[@]}" --variants fla --feats "${FLA_FEATS[@]}" --warm-only --jobs 2 --tag warm_fla \
     --time-limit "$1" &
+  KILL_AT=$1 B --archs "${OURS[@]}" --variants compiled "${COMPILED[@]}" --warm-only --jobs "${WARM_JOBS:-6}" \
+    --tag warm_compiled --time-limit "$1" &
   wait
 }
 time_fla() { B --archs "${FLA_ARCHS[@]}" --variants fla --feats "${FLA_FEATS[@]}" --jobs 1 --tag gpu_fla --time-limit "$1"; }
