@@ -22,5 +22,5 @@ def test_ratio_is_best_ours_over_fla_and_failures_say_why():
     rows = [row("eager", 97.2), row("compiled", 38.2), row("fla", 71.8),
             row("eager", error="OOM", T=2200), row("fla", error="not run: time limit", T=2200)]
     table = bench.ratio_table(bench.merge_rows(rows))
-    assert "| delta_net | 256 | 400 | 97.2 | 38.2 | 71.8 | 0.53 |" in table
-    assert "| delta_net | 256 | 2200 | OOM | – | – | – |" in table
+    assert "| delta_net | 256 | 400 | 97.2 | 38.2 | – | 71.8 | 0.53 |" in table
+    assert "| delta_net | 256 | 2200 | OOM | – | – | – | – |" in table

@@ -28,3 +28,27 @@ def test_compiled_model_matches_eager_forward_and_backward(arch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.slow
+def test_layers_share_one_compiled_graph_and_dropout_stays_eager():
+    """train.compiled compiles per mixer: three layers of one shape run one graph, and the wrapper's
+    dropout draws the eager run's masks, so a training forward matches eager in train mode too."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = RecNet("delta_net", 16, 7, 11, n_layers=3)  # dropout 0.2, train mode
+    x = torch.randn(2, 64, 7)
+    torch.manual_seed(1)
+    ref = model(x)
+    view = compiled(model)
+    torch.manual_seed(1)
+    out = view(x)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert all(a is b for a, b in zip(view.parameters(), model.parameters()))
+    model.eval()  # reaches the view: its modules are the model's
+    torch.testing.assert_close(view(x), model(x), rtol=1e-4, atol=1e-5)

@@ -170,15 +170,26 @@ def train_update(model, optimizer, batches, n_micro: int, lr: float, grad_clip: 
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:
-    """torch.compile with static shapes: with the time axis dynamic, inductor fails on the kernels'
-    chunk padding (bench/results/gpu.md), so each padded batch length (and train/eval mode)
-    compiles once; the cache limit is raised to hold them all (Task 2 at bucket 256: 9 lengths)."""
+    """The model with each mixer through torch.compile (static shapes), the rest eager; it shares
+    the model's modules and parameters, so `model.train()`/`eval()` and the optimizer still act on it.
+
+    Per mixer, not the whole model: the layers are one class at one shape, so all of them run one
+    compiled graph (measured on CPU, 8 layers, d 64, T 128: GLA compiles in 51 s instead of 163 s)
+    and the wrapper's dropout stays eager, drawing the same random numbers as an eager run. Static
+    shapes: with the time axis dynamic, inductor fails on the kernels' chunk padding
+    (bench/results/gpu.md), so each padded batch length (and train/eval mode) compiles once; the
+    cache limit is raised to hold them all (Task 2 at bucket 256: 9 lengths)."""
+    import copy
+
     import torch._dynamo
 
     for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-    return torch.compile(model, dynamic=False)
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # its own module table: replacing `mixers` leaves the model alone
+    view.mixers = torch.nn.ModuleList(torch.compile(m, dynamic=False) for m in model.mixers)
+    return view
 
 
 def _probe_step(model, micro: int, max_len: int, vocab: int, device, dtype) -> None:
