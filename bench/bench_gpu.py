@@ -94,24 +94,22 @@ def measure(arch: str, variant: str, feat: int, T: int, recompute: str, lock_pat
     x = F.one_hot(torch.randint(0, VOCAB, (BATCH, T), device=dev), VOCAB).float()
     labels = torch.randint(0, CLASSES, (BATCH, T), device=dev)
 
+    if variant == "mixers":  # what `compile: true` training runs
+        from selectivbench.train import compiled
+
+        net = compiled(model)
+    else:
+        net = model
+
     def loss_fn(x, labels):
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            logits = model(x)
+            logits = net(x)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
     # static shapes: with the time axis marked dynamic, inductor fails on our chunk padding
-    # (CantSplit, ConstraintViolation: measured on an H100, torch 2.11), so training would pad
+    # (CantSplit, ConstraintViolation: measured on an H100, torch 2.11), so training pads
     # batches to a few fixed lengths to bound the recompiles
     fn = torch.compile(loss_fn, dynamic=False) if variant == "compiled" else loss_fn
-    if variant == "mixers":
-        from selectivbench.train import compiled
-
-        step_model = compiled(model)
-
-        def fn(x, labels):
-            with torch.autocast(dev.type, dtype=torch.bfloat16):
-                logits = step_model(x)
-            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
     def step():
         opt.zero_grad(set_to_none=True)
