@@ -383,7 +383,8 @@ def test_import_bench_reads_both_benchmark_forms(tmp_path, capsys):
     assert "skipped line 3 (mamba feat 256 length 400): error: OOM" in capsys.readouterr().out
     rows = estimate.read_table(str(table))
     assert rows[("gla", "task1", 256)] == estimate.StepTime(127.4, pytest.approx(127.4 / 192, rel=1e-3), "measured")
-    assert rows[("gla", "task1", 512)].source == "estimated"
+    assert rows[("gla", "task1", 512)].ms_per_update == 239.7  # gpu_20261125b/gpu_eager.csv (bench_gpu, T 400)
+    assert rows[("gla", "task1", 384)].source == "estimated"  # no benchmark at this width
     text = table.read_text()
     assert text.startswith("# header kept") and "NVIDIA H100 80GB HBM3 bfloat16,measured" in text
 
@@ -415,6 +416,7 @@ def test_committed_step_times_have_the_measured_h100_rows(capsys):
     measured = {k for k, t in rows.items() if t.source == "measured"}
     assert {(a, t, 256) for a in PAPER_ARCHS for t in ("task1", "task2")} <= measured
     assert rows[("mamba", "task1", 256)].ms_per_update == 1256.3  # bench_train_20261125_vm_cuda.csv
-    assert rows[("gla", "task1", 512)].source == "estimated"
+    assert rows[("gla", "task1", 512)].ms_per_update == 239.7  # gpu_20261125b/gpu_eager.csv (bench_gpu, T 400)
+    assert rows[("gla", "task1", 384)].source == "estimated"  # no benchmark at this width
     config = check(copy.deepcopy(PAPER), SCHEMA, registered=plan.registered_architectures)
     assert estimate.table_summary(rows, config).startswith(f"{len(measured)} of {len(rows)} rows measured")
