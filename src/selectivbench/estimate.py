@@ -25,7 +25,8 @@ spaces and '/' read as '_'; accepted names, first match wins:
   the first line of the CSV's sibling .md, else --device), error (a row with one is skipped).
 bench/bench_train.py CSVs (real batches) and bench/bench_gpu.py CSVs (fixed-length batches) both fit.
 
-FLOP model (estimated entries): an update costs 6·P·B·L FLOPs (+ 6·layers·B·L²·d for softmax
+FLOP model (estimated entries, then scaled per architecture by measured/model at its nearest
+measured width, see CostModel): an update costs 6·P·B·L FLOPs (+ 6·layers·B·L²·d for softmax
 attention), a test sample 2·P·L (+ 2·layers·L²·d), at THROUGHPUT FLOP/s plus OVERHEAD_MS per
 update; L is the mean sequence length of the task (spec §6). Config loading follows Snakemake:
 config/config.yaml first, then each --configfile on top.
@@ -111,8 +112,14 @@ def load_config(configfiles: list[str], default: str, schema: str) -> dict:
     return check(config, schema, registered=registered_architectures)
 
 
+BENCH_AMB = 40  # the grammar size of the GPU benchmarks (bench_gpu, bench_train: V 41, C 1601)
+
+
 class CostModel:
-    """Step times per (arch, task, feat): the table where measured, the FLOP model otherwise."""
+    """Step times per (arch, task, feat): the table where measured, else the FLOP model scaled by
+    how far it was off for the same architecture at its nearest measured width (same task first).
+    Measured on an H100, eager steps took 2-6x the FLOP model's time, more at large widths
+    (bench/results/gpu.md), so the unscaled model would hide most of the cost."""
 
     def __init__(self, config: dict, table: dict):
         self.config, self.table = config, table
@@ -120,6 +127,7 @@ class CostModel:
         self.layers = int(train.get("layers", 8))
         self.batch = int(train.get("batch_size", 64))
         self.cache: dict = {}
+        self.factors: dict = {}
 
     def shape(self, arch: str, feat: int, amb: int) -> tuple[float, int]:
         import torch
@@ -137,9 +145,27 @@ class CostModel:
         hit = self.table.get((arch, task, feat))
         if hit is not None and hit.source == "measured" and test_gap is None:
             return hit
+        t = self.flop_model(arch, task, feat, amb, test_gap)
+        k = self.calibration(arch, task, feat)
+        return StepTime(t.ms_per_update * k, t.ms_per_test_sample * k, "estimated")
+
+    def flop_model(self, arch: str, task: str, feat: int, amb: int, test_gap: float | None = None) -> StepTime:
         params, width = self.shape(arch, feat, amb)
         return model_step_time(params, width, self.layers, self.batch, arch == "transformer",
                                mean_length(task, "train"), mean_length(task, "test", test_gap))
+
+    def calibration(self, arch: str, task: str, feat: int) -> float:
+        """measured / FLOP-model update time at the architecture's nearest measured (task, width):
+        the same task first, then the nearest width on a log scale; 1 with nothing measured."""
+        if (arch, task, feat) not in self.factors:
+            measured = [(t != task, abs(math.log(f / feat)), t, f) for (a, t, f), st in self.table.items()
+                        if a == arch and st.source == "measured" and t in TRAIN_TASKS]
+            k = 1.0
+            if measured:
+                _, _, t, f = min(measured)
+                k = self.table[(arch, t, f)].ms_per_update / self.flop_model(arch, t, f, BENCH_AMB).ms_per_update
+            self.factors[(arch, task, feat)] = k
+        return self.factors[(arch, task, feat)]
 
 
 def run_hours(cm: CostModel, config: dict, item) -> tuple[float, bool]:
@@ -371,5 +397,6 @@ def cli_main(argv: list[str]) -> int:
     print(f"step times: {table_summary(table, config)}")
     print(format_rows(rows))
     if any(r["estimated_share"] > 0 for r in rows):
-        print("estimated = share of the GPU-hours from the FLOP model (no measured step time yet)")
+        print("estimated = share of the GPU-hours from the FLOP model (no measured step time at that width), "
+              "scaled by measured/model at the architecture's nearest measured width")
     return 0 if all(math.isfinite(r["gpu_hours"]) for r in rows) else 1
