@@ -175,7 +175,8 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
 
     Per mixer, not the whole model: the layers are one class at one shape, so all of them run one
     compiled graph (measured on CPU, 8 layers, d 64, T 128: GLA compiles in 51 s instead of 163 s)
-    and the wrapper's dropout stays eager, drawing the same random numbers as an eager run. Static
+    and the wrapper's dropout stays eager, drawing the same random numbers as an eager run (a
+    mixer's own dropout, the Transformer's FFN, is compiled and draws others). Static
     shapes: with the time axis dynamic, inductor fails on the kernels' chunk padding
     (bench/results/gpu.md), so each padded batch length (and train/eval mode) compiles once; the
     cache limit is raised to hold them all (Task 2 at bucket 256: 9 lengths)."""
