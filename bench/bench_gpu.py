@@ -129,30 +129,27 @@ def measure(arch: str, variant: str, feat: int, T: int, recompute: str, lock_pat
         sync()
         return time.perf_counter() - t0
 
-    if warm_only:  # fill the compile/autotune caches for a later timed run; no timing
+    def warm_or_retry(lock) -> float:
+        """warm(); after an OOM (others were on the GPU too), once more holding the lock, which timed
+        runs hold while they step."""
         try:
-            row["warm_s"] = round(warm(), 1)
-        except torch.OutOfMemoryError:  # neighbours warming big shapes too: one more try, after them
-            row["warm_s"] = None
-        if row["warm_s"] is None:  # outside the except block: its traceback holds the step's tensors
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            with open(lock_path, "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                row["warm_s"] = round(warm(), 1)
-        return row
+            return round(warm(), 1)
+        except torch.OutOfMemoryError:
+            pass  # retried below, outside the except block: its traceback holds the failed step's tensors
+        opt.zero_grad(set_to_none=True)
+        sync()
+        torch.cuda.empty_cache()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return round(warm(), 1)
+
     with open(lock_path, "w") as lock:
+        if warm_only:  # fill the compile/autotune caches for a later timed run; no timing
+            row["warm_s"] = warm_or_retry(lock)
+            return row
         if feat * T > 256 * 2200:  # big shapes warm up alone too: a neighbour's warm-up must not OOM a timed run
             fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            row["warm_s"] = round(warm(), 1)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except torch.OutOfMemoryError:  # others were on the GPU too: retry alone
-            opt.zero_grad(set_to_none=True)
-            sync()
-            torch.cuda.empty_cache()
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            row["warm_s"] = round(warm(), 1)
+        row["warm_s"] = warm_or_retry(lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             sync()
             if cuda:

@@ -34,20 +34,20 @@ FLA_FEATS=(${FLA_FEATS:-256 512 1024})              # each head size autotunes a
 OURS=(${OURS:-delta_net gla gated_delta_net gated_delta_product mamba2 transformer})
 EAGER_ARCHS=(${EAGER_ARCHS:-${OURS[*]}})
 COMPILED=(--feats ${COMPILED_FEATS:-256 1024} --lengths ${COMPILED_LENGTHS:-400 1300})  # tracing unrolls the chunk loops
-WARM_S=${WARM_S:-}                                  # phase all: seconds of warming before timing
-# COMPILE_VARIANTS: mixers (default: what `compile: true` trains), compiled (the whole step), or both
+WARM_S=${WARM_S:-240}                               # phase all: seconds of warming before timing
+COMPILE_VARIANTS=(${COMPILE_VARIANTS:-mixers})      # mixers (what `compile: true` trains), compiled (the whole step)
 echo "[$PHASE] $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)" | tee -a "$LOG"
 
 warm() {  # fla and our compiled variants compile side by side; GPU shared, nothing timed. Killed after
   # $1 s: --time-limit only stops new shapes, and one shape compiling for minutes once ate a whole call
   KILL_AT=$1 B --archs "${FLA_ARCHS[@]}" --variants fla --feats "${FLA_FEATS[@]}" --warm-only --jobs 2 --tag warm_fla \
     --time-limit "$1" &
-  KILL_AT=$1 B --archs "${OURS[@]}" --variants ${COMPILE_VARIANTS:-mixers} "${COMPILED[@]}" --warm-only --jobs "${WARM_JOBS:-6}" \
+  KILL_AT=$1 B --archs "${OURS[@]}" --variants "${COMPILE_VARIANTS[@]}" "${COMPILED[@]}" --warm-only --jobs "${WARM_JOBS:-6}" \
     --tag warm_compiled --time-limit "$1" &
   wait
 }
 time_fla() { B --archs "${FLA_ARCHS[@]}" --variants fla --feats "${FLA_FEATS[@]}" --jobs 1 --tag gpu_fla --time-limit "$1"; }
-time_compiled() { B --archs "${OURS[@]}" --variants ${COMPILE_VARIANTS:-mixers} "${COMPILED[@]}" --jobs 1 --tag gpu_compiled --time-limit "$1"; }
+time_compiled() { B --archs "${OURS[@]}" --variants "${COMPILE_VARIANTS[@]}" "${COMPILED[@]}" --jobs 1 --tag gpu_compiled --time-limit "$1"; }
 time_eager() { B --archs "${EAGER_ARCHS[@]}" --variants eager --jobs 1 --tag gpu_eager --time-limit "$1"; }
 
 case $PHASE in
@@ -57,7 +57,7 @@ time)   # everything alone on the GPU: fla rows first (their caches are warm), t
   time_eager $(( $(left) - 70 ))
   B --archs mamba --variants eager --jobs 1 --tag gpu_mamba --time-limit 20 ;;
 all)    # one call: warm for WARM_S, then fla, compiled and eager timed alone
-  warm "${WARM_S:-240}"
+  warm "$WARM_S"
   time_fla 100
   time_compiled $(( $(left) - 90 ))
   time_eager $(( $(left) - 40 )) ;;

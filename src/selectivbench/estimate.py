@@ -118,8 +118,8 @@ BENCH_AMB = 40  # the grammar size of the GPU benchmarks (bench_gpu, bench_train
 class CostModel:
     """Step times per (arch, task, feat): the table where measured, else the FLOP model scaled by
     how far it was off for the same architecture at its nearest measured width (same task first).
-    Measured on an H100, eager steps took 2-6x the FLOP model's time, more at large widths
-    (bench/results/gpu.md), so the unscaled model would hide most of the cost."""
+    Measured on an H100 (bench/results/gpu.md), eager steps took 1.3-9x the FLOP model's time,
+    Mamba's 39-95x, so the unscaled model would hide most of the cost."""
 
     def __init__(self, config: dict, table: dict):
         self.config, self.table = config, table
